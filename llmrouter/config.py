@@ -1,0 +1,231 @@
+"""Typed settings of a Router, read from one TOML file or a dict.
+
+Every problem is reported as one ``ConfigError`` naming the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from .errors import ConfigError
+
+DEFAULT_SAMPLING_PARAMETERS = [
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "max_tokens",
+    "presence_penalty",
+    "frequency_penalty",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _decimal_price(value: Any) -> Decimal:
+    # A TOML float has already lost exactness (0.0000006 is not representable), so prices
+    # must be written as strings; integers are exact and accepted.
+    if isinstance(value, float):
+        raise ValueError('write prices as decimal strings, e.g. "0.0000006"')
+    try:
+        price = Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"{value!r} is not a decimal number") from None
+    if not price.is_finite() or price < 0:
+        raise ValueError("a price is a finite, non-negative number of USD per token")
+    return price
+
+
+class ModelSettings(_Strict):
+    """One model a provider offers (``[[providers.models]]``)."""
+
+    id: str = Field(min_length=1)
+    name: str | None = None
+    description: str = ""
+    created: int = 0
+    prompt_price: Decimal = Decimal(0)
+    completion_price: Decimal = Decimal(0)
+    context_length: int | None = Field(default=None, ge=1)
+    max_output_length: int | None = Field(default=None, ge=1)
+    input_modalities: list[str] = ["text"]
+    output_modalities: list[str] = ["text"]
+    supported_sampling_parameters: list[str] = DEFAULT_SAMPLING_PARAMETERS
+    supported_features: list[str] = ["streaming"]
+    premium: bool = False
+    fallbacks: list[str] = []
+
+    _price = field_validator("prompt_price", "completion_price", mode="before")(
+        classmethod(lambda cls, v: _decimal_price(v))
+    )
+
+
+class ProviderSettings(_Strict):
+    """One upstream connection (``[[providers]]``)."""
+
+    name: str = Field(min_length=1, pattern=r"^[^#\s]+$")
+    kind: str
+    aliases: list[str] = []
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    api_key_env: str | None = None
+    headers: dict[str, str] = {}
+    connect_timeout: float = Field(default=5.0, gt=0)
+    read_timeout: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    retry_backoff: float = Field(default=0.5, ge=0)
+    cooldown_after: int = Field(default=3, ge=1)
+    cooldown_seconds: float = Field(default=30.0, ge=0)
+    allow_unlisted_models: bool = False
+    unlisted_prompt_price: Decimal = Decimal(0)
+    unlisted_completion_price: Decimal = Decimal(0)
+    stream_usage: bool = True
+    models: list[ModelSettings] = []
+
+    _price = field_validator("unlisted_prompt_price", "unlisted_completion_price", mode="before")(
+        classmethod(lambda cls, v: _decimal_price(v))
+    )
+
+    def secret(self) -> str | None:
+        return self.api_key.get_secret_value() if self.api_key else None
+
+
+class QuotaSettings(_Strict):
+    """Fair-use defaults (``[quota]``); each key may override them."""
+
+    daily_requests: int = Field(default=200, ge=0)
+    throttle_seconds: int = Field(default=600, ge=1)
+    requests_per_minute: int | None = Field(default=None, ge=1)
+
+
+class Settings(_Strict):
+    """The whole configuration of one Router."""
+
+    database_url: str = "sqlite:///llmrouter.db"
+    secret_key: SecretStr | None = None
+    secret_key_env: str | None = None
+    service_name: str = "llmrouter"
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    key_cache_seconds: float = Field(default=10.0, ge=0)
+    quota: QuotaSettings = QuotaSettings()
+    aliases: dict[str, str] = {}
+    providers: list[ProviderSettings] = Field(default_factory=list)
+
+
+EMBEDDED_DEFAULT: dict[str, Any] = {
+    "database_url": "sqlite:///llmrouter.db",
+    "providers": [
+        {
+            "name": "echo",
+            "kind": "echo",
+            "allow_unlisted_models": True,
+            "models": [
+                {
+                    "id": "echo",
+                    "name": "Echo",
+                    "description": "Offline and deterministic: answers with the last user message.",
+                    "context_length": 131072,
+                    "max_output_length": 4096,
+                    "supported_features": ["streaming", "tools"],
+                }
+            ],
+        }
+    ],
+}
+
+
+def load_settings(source: str | os.PathLike[str] | Mapping[str, Any] | None) -> Settings:
+    """Read settings from a TOML path, a dict, or (``None``) the embedded default."""
+    if source is None:
+        return _validate(EMBEDDED_DEFAULT, "<embedded default>")
+    if isinstance(source, Mapping):
+        return _validate(dict(source), "<dict>")
+    path = Path(source)
+    label = str(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("no such file", source=label) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML ({exc})", source=label) from None
+    return _validate(data, label)
+
+
+def _validate(data: dict[str, Any], label: str) -> Settings:
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = _dotted(first["loc"], data)
+        raise ConfigError(first["msg"], source=label, key=key) from None
+    _resolve_env_secrets(settings, label)
+    _check_references(settings, label)
+    return settings
+
+
+def _dotted(loc: tuple[Any, ...], data: Any) -> str:
+    """``("providers", 0, "kind")`` -> ``providers[0](openai).kind``: the entry named when it can."""
+    key = ""
+    node = data
+    for item in loc:
+        try:
+            node = node[item]
+        except (KeyError, IndexError, TypeError):
+            node = None
+        if isinstance(item, int):
+            name = node.get("name") if isinstance(node, dict) else None
+            key += f"[{item}]" + (f"({name})" if name else "")
+        else:
+            key += ("." if key else "") + str(item)
+    return key
+
+
+def _resolve_env_secrets(settings: Settings, label: str) -> None:
+    if settings.secret_key_env:
+        value = os.environ.get(settings.secret_key_env)
+        if not value:
+            raise ConfigError(
+                f"environment variable {settings.secret_key_env} is not set",
+                source=label,
+                key="secret_key_env",
+            )
+        settings.secret_key = SecretStr(value)
+    for index, provider in enumerate(settings.providers):
+        if provider.api_key_env:
+            value = os.environ.get(provider.api_key_env)
+            if not value:
+                raise ConfigError(
+                    f"environment variable {provider.api_key_env} is not set",
+                    source=label,
+                    key=f"providers[{index}]({provider.name}).api_key_env",
+                )
+            provider.api_key = SecretStr(value)
+
+
+def _check_references(settings: Settings, label: str) -> None:
+    seen: dict[str, str] = {}
+    for index, provider in enumerate(settings.providers):
+        for name in [provider.name, *provider.aliases]:
+            folded = name.lower()
+            if folded in seen:
+                raise ConfigError(
+                    f"provider name '{name}' is already used by '{seen[folded]}'",
+                    source=label,
+                    key=f"providers[{index}]({provider.name}).name",
+                )
+            seen[folded] = provider.name
+        ids = [m.id for m in provider.models]
+        duplicate = next((i for i in ids if ids.count(i) > 1), None)
+        if duplicate:
+            raise ConfigError(
+                f"model '{duplicate}' is listed twice",
+                source=label,
+                key=f"providers[{index}]({provider.name}).models",
+            )

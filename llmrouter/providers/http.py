@@ -1,0 +1,134 @@
+"""The HTTP transport adapters share: a pooled ``requests.Session`` with connect/read
+timeouts, and the mapping of transport failures and error statuses to ``Upstream*`` errors.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from ..config import ProviderSettings
+from ..errors import (
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamRateLimitError,
+    UpstreamRejectedError,
+    UpstreamTimeoutError,
+)
+
+# Key-shaped tokens an upstream may echo back in an error message ("Incorrect API key
+# provided: sk-abc…"); they are cut out before the message reaches a client.
+_KEY_PATTERN = re.compile(r"\b(sk|pk|rk|key|AIza)[-_A-Za-z0-9*.]{8,}")
+
+
+class HTTPTransport:
+    """One provider's connection pool. Thread-safe for concurrent requests."""
+
+    def __init__(self, settings: ProviderSettings, pool_size: int = 64) -> None:
+        self.provider = settings.name
+        self.timeout = (settings.connect_timeout, settings.read_timeout)
+        self._secret = settings.secret()
+        self.session = requests.Session()
+        pool = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("http://", pool)
+        self.session.mount("https://", pool)
+
+    def post(
+        self,
+        url: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        *,
+        stream: bool = False,
+    ) -> requests.Response:
+        """POST ``body`` as JSON; return the response or raise the matching upstream error."""
+        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        headers = {"Content-Type": "application/json", **headers}
+        try:
+            response = self.session.post(
+                url, data=data, headers=headers, timeout=self.timeout, stream=stream
+            )
+        except requests.ConnectTimeout as exc:
+            raise UpstreamError(
+                f"{self.provider}: could not connect within {self.timeout[0]} s",
+                provider=self.provider,
+            ) from exc
+        except requests.ReadTimeout as exc:
+            raise UpstreamTimeoutError(
+                f"{self.provider}: no answer within {self.timeout[1]} s", provider=self.provider
+            ) from exc
+        except requests.RequestException as exc:
+            raise UpstreamError(
+                f"{self.provider}: connection failed ({type(exc).__name__})",
+                provider=self.provider,
+            ) from exc
+        if response.status_code >= 400:
+            try:
+                raise self.error_for(response)
+            finally:
+                response.close()
+        return response
+
+    def error_for(self, response: requests.Response) -> UpstreamError | UpstreamRejectedError:
+        """The error to raise for an upstream error status, keeping its message."""
+        status = response.status_code
+        message = f"{self.provider} answered {status}: {self.redact(upstream_message(response))}"
+        if status in (401, 403):
+            return UpstreamAuthError(message, provider=self.provider, upstream_status=status)
+        if status == 429:
+            return UpstreamRateLimitError(
+                message,
+                provider=self.provider,
+                upstream_status=status,
+                retry_after=_retry_after(response),
+            )
+        if status in (400, 413, 422):
+            return UpstreamRejectedError(message)
+        if status in (408, 504):
+            return UpstreamTimeoutError(message, provider=self.provider, upstream_status=status)
+        return UpstreamError(message, provider=self.provider, upstream_status=status)
+
+    def redact(self, text: str) -> str:
+        """``text`` with this provider's key and anything key-shaped removed."""
+        if self._secret:
+            text = text.replace(self._secret, "[redacted]")
+        return _KEY_PATTERN.sub("[redacted]", text)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def upstream_message(response: requests.Response) -> str:
+    """The human message of an upstream error body, in any of the providers' shapes."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500].strip() or response.reason or "no message"
+    return message_of(body) or json.dumps(body)[:500]
+
+
+def message_of(body: Any) -> str | None:
+    """``error.message`` (OpenAI, Anthropic, Gemini), ``message`` or ``detail`` (Mistral)."""
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return error["message"]
+    if isinstance(error, str):
+        return error
+    for key in ("message", "detail"):
+        if isinstance(body.get(key), str):
+            return body[key]
+    return None
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None

@@ -1,0 +1,101 @@
+"""OpenAI's Chat Completions API, and any endpoint that speaks it (``openai-compatible``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterator
+
+import requests
+from pydantic import ValidationError
+
+from ..errors import ConfigError, UpstreamError
+from ..schemas import ChatCompletion, ChatCompletionChunk, ChatRequest
+from ..streaming import iter_sse
+from .base import ChunkStream, ProviderAdapter
+from .http import HTTPTransport, message_of
+from .registry import register
+
+
+@register
+class OpenAIAdapter(ProviderAdapter):
+    """The request is already OpenAI's format: only the model and auth change."""
+
+    kind = "openai"
+    default_base_url = "https://api.openai.com/v1"
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__(settings)
+        self.transport = HTTPTransport(settings)
+        self.url = (settings.base_url or self.default_base_url).rstrip("/") + "/chat/completions"
+        secret = settings.secret()
+        self.headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        self.headers.update(settings.headers)
+
+    def build_body(self, request: ChatRequest, upstream_model: str) -> dict[str, Any]:
+        body = request.upstream_body(upstream_model)
+        if request.stream and self.settings.stream_usage:
+            # Billing needs the token counts; the Router hides the usage chunk from
+            # clients that did not ask for it.
+            body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
+        return body
+
+    def chat(self, request: ChatRequest, upstream_model: str) -> ChatCompletion:
+        response = self.transport.post(self.url, self.build_body(request, upstream_model), self.headers)
+        try:
+            return ChatCompletion.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise UpstreamError(
+                f"{self.name} sent an answer that is not a chat.completion: {_first_error(exc)}",
+                provider=self.name,
+            ) from exc
+
+    def stream(self, request: ChatRequest, upstream_model: str) -> ChunkStream:
+        response = self.transport.post(
+            self.url, self.build_body(request, upstream_model), self.headers, stream=True
+        )
+        return ChunkStream(self._chunks(response), response.close)
+
+    def _chunks(self, response: requests.Response) -> Iterator[ChatCompletionChunk]:
+        try:
+            for event in iter_sse(response):
+                if event.data == "[DONE]":
+                    return
+                if not event.data:
+                    continue
+                payload = json.loads(event.data)
+                if "error" in payload:
+                    raise UpstreamError(
+                        f"{self.name} stream failed: "
+                        + self.transport.redact(message_of(payload) or event.data),
+                        provider=self.name,
+                    )
+                yield ChatCompletionChunk.model_validate(payload)
+        except requests.RequestException as exc:
+            raise UpstreamError(
+                f"{self.name} stream broke off ({type(exc).__name__})", provider=self.name
+            ) from exc
+        except (ValueError, ValidationError) as exc:
+            raise UpstreamError(f"{self.name} sent an unreadable stream event", provider=self.name) from exc
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+@register
+class OpenAICompatibleAdapter(OpenAIAdapter):
+    """Any server speaking OpenAI's format at ``base_url`` (vLLM, Ollama, LM Studio, …)."""
+
+    kind = "openai-compatible"
+
+    def __init__(self, settings: Any) -> None:
+        if not settings.base_url:
+            raise ConfigError(
+                f"provider '{settings.name}' of kind openai-compatible needs base_url",
+                key="base_url",
+            )
+        super().__init__(settings)
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    return ".".join(str(p) for p in error["loc"]) + ": " + error["msg"]
