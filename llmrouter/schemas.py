@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
+from .errors import InvalidRequestError
+
 from pydantic import (
     BaseModel,
+    ValidationError,
     ConfigDict,
     Discriminator,
     Field,
@@ -304,3 +307,39 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+def parse_chat_request(body: Any) -> ChatRequest:
+    """Validate a chat body; ``InvalidRequestError`` names the first field at fault."""
+    if not isinstance(body, dict):
+        raise InvalidRequestError("The request body must be a JSON object.")
+    try:
+        return ChatRequest.model_validate(body)
+    except ValidationError as exc:
+        message, param = describe_validation_error(exc)
+        raise InvalidRequestError(message, param=param) from None
+
+
+def describe_validation_error(exc: ValidationError) -> tuple[str, str | None]:
+    """``("Invalid 'messages[0].role': Input should be ...", "messages[0].role")``."""
+    # Of a union's failed branches, the deepest error is the one that says what is wrong.
+    error = max(exc.errors(), key=lambda e: len(e["loc"]))
+    param = ""
+    tag_expected = False  # pydantic names a tagged union's branch by its tag, next in loc
+    for item in error["loc"]:
+        if isinstance(item, int):
+            param += f"[{item}]"
+        elif tag_expected:
+            tag_expected = False
+        elif "[" in item or item in _TYPE_NAMES:
+            tag_expected = "tagged-union[" in item
+        else:
+            param += ("." if param else "") + item
+    if error["type"] == "missing":
+        return f"Missing required parameter: '{param}'.", param
+    message = error["msg"].removeprefix("Value error, ")
+    return f"Invalid '{param or 'body'}': {message}.", param or None
+
+
+# Names pydantic puts into an error's location for the branch of a union that failed.
+_TYPE_NAMES = {"str", "int", "float", "bool", "NamedToolChoice"}

@@ -1,0 +1,128 @@
+"""Money: exact amounts in integer nano-dollars, call costs, and credit reservations.
+
+One nano-dollar is 10⁻⁹ USD. Amounts are ``int`` in Python and BIGINT in every database;
+they become decimal strings only at the edges (config prices, JSON, the CLI).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
+
+from .config import ModelSettings
+from .errors import InvalidRequestError
+from .schemas import ChatCompletion, ChatRequest, ImagePart, TextPart, Usage
+
+NANOS_PER_USD = 10**9
+_NANO = Decimal(1) / NANOS_PER_USD
+
+#: tokens set aside for each image when estimating a prompt (providers bill ~85–1,600)
+IMAGE_TOKEN_ALLOWANCE = 2_000
+#: tokens set aside for each message's role markers
+MESSAGE_TOKEN_ALLOWANCE = 4
+#: the output assumed for a reservation when neither the request nor the model caps it
+DEFAULT_OUTPUT_ALLOWANCE = 4_096
+#: characters per token when a provider reports no usage (OpenAI's rule of thumb)
+CHARS_PER_TOKEN = 4
+
+
+def usd_to_nanos(amount: Decimal | str | int, *, field: str = "amount") -> int:
+    """An exact USD amount as nano-dollars; more than 9 decimals is an error, not a rounding."""
+    try:
+        value = Decimal(str(amount))
+    except InvalidOperation:
+        raise InvalidRequestError(f"{field} '{amount}' is not a decimal number", param=field) from None
+    if not value.is_finite():
+        raise InvalidRequestError(f"{field} must be a finite number", param=field)
+    nanos = value * NANOS_PER_USD
+    if nanos != nanos.to_integral_value():
+        raise InvalidRequestError(f"{field} '{amount}' is finer than a nano-dollar", param=field)
+    return int(nanos)
+
+
+def nanos_to_usd(nanos: int) -> str:
+    """``1234`` -> ``"0.000001234"``: a decimal string with no exponent and no trailing zeros."""
+    text = format((Decimal(nanos) / NANOS_PER_USD).normalize(), "f")
+    return text
+
+
+def price_string(price: Decimal) -> str:
+    """A per-token price for ``/v1/models`` (``Decimal("6E-7")`` -> ``"0.0000006"``)."""
+    return format(price.normalize(), "f") if price else "0"
+
+
+@dataclass(frozen=True)
+class Prices:
+    """USD per token, exact."""
+
+    prompt: Decimal
+    completion: Decimal
+
+    @classmethod
+    def of(cls, model: ModelSettings) -> Prices:
+        return cls(model.prompt_price, model.completion_price)
+
+    def cost_nanos(self, prompt_tokens: int, completion_tokens: int) -> int:
+        """The exact cost, rounded up to the next whole nano-dollar (at most 1 per call)."""
+        exact = prompt_tokens * self.prompt + completion_tokens * self.completion
+        return int((exact / _NANO).to_integral_value(rounding=ROUND_CEILING))
+
+
+def estimate_prompt_tokens(request: ChatRequest) -> int:
+    """An upper bound of the prompt's tokens: one per UTF-8 byte of text (no tokenizer
+    produces more tokens than bytes), plus fixed allowances for images and message markers."""
+    total = 0
+    for message in request.messages:
+        total += MESSAGE_TOKEN_ALLOWANCE
+        if isinstance(message.content, str):
+            total += len(message.content.encode())
+        elif message.content is not None:
+            for part in message.content:
+                if isinstance(part, TextPart):
+                    total += len(part.text.encode())
+                elif isinstance(part, ImagePart):
+                    total += IMAGE_TOKEN_ALLOWANCE
+                else:
+                    total += len(json.dumps(part.model_dump()).encode())
+        for call in message.tool_calls or []:
+            total += len(call.function.name.encode()) + len(call.function.arguments.encode())
+    if request.tools:
+        total += len(json.dumps([t.model_dump(exclude_none=True) for t in request.tools]).encode())
+    return total
+
+
+def reservation_nanos(request: ChatRequest, model: ModelSettings) -> int:
+    """What to hold from a balance before dispatch: an upper estimate of the call's cost."""
+    prompt = estimate_prompt_tokens(request)
+    if model.context_length:
+        prompt = min(prompt, model.context_length)
+    output = request.output_limit or model.max_output_length or DEFAULT_OUTPUT_ALLOWANCE
+    return Prices.of(model).cost_nanos(prompt, output)
+
+
+def estimate_tokens_from_text(characters: int) -> int:
+    """Tokens for text whose usage the provider did not report: 4 characters a token."""
+    return math.ceil(characters / CHARS_PER_TOKEN)
+
+
+def usage_or_estimate(request: ChatRequest, completion: ChatCompletion) -> tuple[Usage, bool]:
+    """The completion's reported usage, or an estimate (and ``True``) when it has none."""
+    if completion.usage is not None:
+        return completion.usage, False
+    characters = sum(
+        len(c.message.content or "")
+        + sum(len(t.function.name) + len(t.function.arguments) for t in c.message.tool_calls or [])
+        for c in completion.choices
+    )
+    return estimate_usage(request, characters), True
+
+
+def estimate_usage(request: ChatRequest, completion_characters: int) -> Usage:
+    """Usage a provider did not report: 4 characters a token, plus each message's markers."""
+    prompt = sum(
+        estimate_tokens_from_text(len(m.text())) + MESSAGE_TOKEN_ALLOWANCE for m in request.messages
+    )
+    completion = estimate_tokens_from_text(completion_characters)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)

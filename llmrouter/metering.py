@@ -1,0 +1,104 @@
+"""Metering a stream on its way to the client, and settling it exactly once at its end.
+
+The stream counts what it hands over, hides the usage chunk from a client that did not
+ask for one, names the serving model, and reports how it ended: ``ok`` (the upstream
+finished), ``partial`` (closed early, or broke after some output) or ``failed`` (broke
+before any output).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import LLMRouterError
+from .providers.base import ChunkStream
+from .schemas import ChatCompletionChunk, Usage
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    status: str  # ok | partial | failed
+    usage: Usage | None
+    delivered_characters: int
+    error: str | None
+
+
+class MeteredStream:
+    """What ``router.chat(stream=True)`` returns: an iterator of ``ChatCompletionChunk``.
+
+    Close it (or use it as a context manager) to stop early: the upstream connection is
+    released and what was delivered so far is billed.
+    """
+
+    def __init__(
+        self,
+        upstream: ChunkStream,
+        *,
+        model: str,
+        include_usage: bool,
+        on_end: Callable[[StreamEnd], None],
+        headers: dict[str, str],
+    ) -> None:
+        self._upstream = upstream
+        self._model = model
+        self._include_usage = include_usage
+        self._on_end = on_end
+        self.headers = headers
+        self._usage: Usage | None = None
+        self._delivered = 0
+        self._ended = False
+
+    def __iter__(self) -> MeteredStream:
+        return self
+
+    def __next__(self) -> ChatCompletionChunk:
+        while True:
+            try:
+                chunk = next(self._upstream)
+            except StopIteration:
+                self._end("ok")
+                raise
+            except LLMRouterError as exc:
+                self._end("partial" if self._delivered else "failed", exc.message)
+                raise
+            except BaseException as exc:
+                self._end("partial" if self._delivered else "failed", type(exc).__name__)
+                raise
+            if chunk.usage is not None:
+                self._usage = chunk.usage
+                if not self._include_usage:
+                    if not chunk.choices:
+                        continue
+                    chunk.usage = None
+            chunk.model = self._model
+            self._delivered += _characters(chunk)
+            return chunk
+
+    def close(self) -> None:
+        self._upstream.close()
+        self._end("partial")
+
+    def __enter__(self) -> MeteredStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _end(self, status: str, error: str | None = None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._upstream.close()
+        self._on_end(StreamEnd(status, self._usage, self._delivered, error))
+
+
+def _characters(chunk: ChatCompletionChunk) -> int:
+    total = 0
+    for choice in chunk.choices:
+        delta = choice.delta
+        total += len(delta.content or "") + len(delta.refusal or "")
+        for call in delta.tool_calls or []:
+            if call.function is not None:
+                total += len(call.function.name or "") + len(call.function.arguments or "")
+    return total

@@ -1,0 +1,129 @@
+"""``Provider#Model`` names: resolution, aliases, bare ids, and the public model cards."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from .billing import price_string
+from .config import ModelSettings, ProviderSettings, Settings
+from .errors import ConfigError, ModelNotFoundError
+from .schemas import ModelCard, Pricing
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a request goes: a provider, the model id it knows, and the model's terms."""
+
+    provider: str
+    upstream_model: str
+    model: ModelSettings
+
+    @property
+    def public_id(self) -> str:
+        return f"{self.provider}#{self.upstream_model}"
+
+
+class ModelCatalog:
+    """Every model name a client may send, resolved to a ``Target``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._providers: dict[str, ProviderSettings] = {}
+        for provider in settings.providers:
+            for name in (provider.name, *provider.aliases):
+                self._providers[name.lower()] = provider
+        self._listed = [
+            Target(p.name, m.id, m) for p in settings.providers for m in p.models
+        ]
+        self._by_bare_id: dict[str, list[Target]] = {}
+        for target in self._listed:
+            self._by_bare_id.setdefault(target.upstream_model, []).append(target)
+        self.aliases = dict(settings.aliases)
+        self._check(settings)
+
+    def _check(self, settings: Settings) -> None:
+        for alias, name in self.aliases.items():
+            try:
+                self.resolve(name)
+            except ModelNotFoundError as exc:
+                raise ConfigError(exc.message, key=f"aliases.{alias}") from None
+        for target in self._listed:
+            for fallback in target.model.fallbacks:
+                try:
+                    self.resolve(fallback)
+                except ModelNotFoundError as exc:
+                    raise ConfigError(
+                        exc.message, key=f"providers({target.provider}).models({target.upstream_model}).fallbacks"
+                    ) from None
+
+    def resolve(self, name: str) -> Target:
+        """The target of a name; ``ModelNotFoundError`` naming close matches otherwise."""
+        name = self.aliases.get(name, name)
+        provider_name, sep, model_id = name.partition("#")
+        if not sep:
+            found = self._by_bare_id.get(name, [])
+            if len(found) == 1:
+                return found[0]
+            raise ModelNotFoundError(name, [t.public_id for t in found] or self._close_to(name))
+        provider = self._providers.get(provider_name.lower())
+        if provider is None or not model_id:
+            raise ModelNotFoundError(name, self._close_to(name))
+        listed = {m.id: m for m in provider.models}
+        model = listed.get(model_id) or next(
+            (m for m in provider.models if m.id.lower() == model_id.lower()), None
+        )
+        if model is not None:
+            return Target(provider.name, model.id, model)
+        if provider.allow_unlisted_models:
+            return Target(provider.name, model_id, _unlisted(provider, model_id))
+        raise ModelNotFoundError(name, self._close_to(name))
+
+    def fallbacks(self, target: Target) -> list[Target]:
+        return [self.resolve(name) for name in target.model.fallbacks]
+
+    def _close_to(self, name: str) -> list[str]:
+        names = [t.public_id for t in self._listed] + list(self.aliases)
+        folded = {n.lower(): n for n in names}
+        close = difflib.get_close_matches(name.lower(), list(folded), n=3, cutoff=0.5)
+        return [folded[c] for c in close]
+
+    # ------------------------------------------------------------------ cards
+
+    def cards(self) -> list[ModelCard]:
+        """Every listed model, then every alias, as ``/v1/models`` shows them."""
+        cards = [_card(t.public_id, t) for t in self._listed]
+        cards += [_card(alias, self.resolve(alias)) for alias in self.aliases]
+        return cards
+
+    def card(self, model_id: str) -> ModelCard:
+        target = self.resolve(model_id)
+        shown = model_id if model_id in self.aliases else target.public_id
+        return _card(shown, target)
+
+
+def _unlisted(provider: ProviderSettings, model_id: str) -> ModelSettings:
+    return ModelSettings(
+        id=model_id,
+        prompt_price=provider.unlisted_prompt_price,
+        completion_price=provider.unlisted_completion_price,
+    )
+
+
+def _card(shown_id: str, target: Target) -> ModelCard:
+    model = target.model
+    return ModelCard(
+        id=shown_id,
+        name=model.name or model.id,
+        created=model.created,
+        owned_by=target.provider,
+        description=model.description,
+        pricing=Pricing(
+            prompt=price_string(model.prompt_price), completion=price_string(model.completion_price)
+        ),
+        context_length=model.context_length,
+        max_output_length=model.max_output_length,
+        input_modalities=model.input_modalities,
+        output_modalities=model.output_modalities,
+        supported_sampling_parameters=model.supported_sampling_parameters,
+        supported_features=model.supported_features,
+    )

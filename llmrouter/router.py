@@ -1,0 +1,253 @@
+"""The Router: authenticate, resolve, admit, dispatch, settle. Nothing else lives here."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Callable, Mapping
+
+from .billing import Prices, estimate_usage, reservation_nanos, usage_or_estimate, usd_to_nanos
+from .config import Settings, load_settings
+from .dispatch import Dispatcher
+from .errors import InvalidRequestError, LLMRouterError
+from .keys import KeyAuthenticator
+from .metering import MeteredStream, StreamEnd
+from .naming import ModelCatalog, Target
+from .providers.registry import build_adapter
+from .quota import QuotaPolicy, RateLimitInfo
+from .schemas import ChatCompletion, ChatRequest, ModelCard, ModelList, Usage, parse_chat_request
+from .store import Admission, KeyRecord, ProviderTotal, Settlement, Store, UsageRow
+
+
+@dataclass
+class ChatResult:
+    """A chat call's body with what the HTTP layer puts into headers."""
+
+    body: ChatCompletion | MeteredStream
+    rate_limit: RateLimitInfo
+    provider: str
+
+    def headers(self) -> dict[str, str]:
+        return {**self.rate_limit.headers(), "X-LLMRouter-Provider": self.provider}
+
+
+class Router:
+    """An embeddable LLM router. Thread-safe: share one per process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.settings = settings
+        self.store = store or Store(settings.database_url)
+        self.catalog = ModelCatalog(settings)
+        self.quota = QuotaPolicy(settings.quota)
+        self.keys = KeyAuthenticator(self.store, ttl_seconds=settings.key_cache_seconds)
+        self.adapters = {p.name: build_adapter(p) for p in settings.providers}
+        self.dispatcher = Dispatcher(self.adapters, sleep=sleep)
+        self._clock = clock
+        self.store.ensure_providers(list(self.adapters))
+
+    @classmethod
+    def from_config(
+        cls, source: str | os.PathLike[str] | Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> Router:
+        """A Router from a TOML path, a dict, or (``None``) the embedded default."""
+        return cls(load_settings(source), **kwargs)
+
+    def close(self) -> None:
+        for adapter in self.adapters.values():
+            adapter.close()
+        self.store.close()
+
+    # ------------------------------------------------------------------ chat
+
+    def chat(
+        self,
+        *,
+        model: str,
+        messages: list[Any],
+        api_key: str | None,
+        stream: bool = False,
+        **params: Any,
+    ) -> ChatCompletion | MeteredStream:
+        """OpenAI's chat completion, in process. ``stream=True`` returns an iterator of
+        ``ChatCompletionChunk`` that can be closed early."""
+        body = {"model": model, "messages": messages, "stream": stream, **params}
+        return self.complete(body, api_key=api_key).body
+
+    def complete(self, body: Mapping[str, Any] | ChatRequest, *, api_key: str | None) -> ChatResult:
+        """The whole pipeline for one request body; the HTTP layer's entry point."""
+        key = self.keys.authenticate(api_key)
+        request = body if isinstance(body, ChatRequest) else parse_chat_request(body)
+        target = self.catalog.resolve(request.model)
+        targets = [target, *self.catalog.fallbacks(target)]
+        reserve = max(reservation_nanos(request, t.model) for t in targets)
+        admission = self.store.admit(
+            key.id,
+            now=self._now_ms(),
+            defaults=self.quota.defaults,
+            reserve_nanos=reserve,
+            premium=target.model.premium,
+        )
+        rate_limit = self.quota.check(admission, needed_nanos=reserve)
+        request_id = "chatcmpl-" + uuid.uuid4().hex
+        if request.stream:
+            return self._stream(request, request_id, targets, admission, rate_limit)
+        try:
+            completion, served = self.dispatcher.chat(request, targets)
+        except BaseException as exc:
+            self._settle_failure(request_id, request, targets[0], admission, exc)
+            raise
+        usage, estimated = usage_or_estimate(request, completion)
+        self._settle(request_id, served, admission, "ok", usage, estimated)
+        completion.model = served.public_id
+        return ChatResult(completion, rate_limit, served.provider)
+
+    def _stream(
+        self,
+        request: ChatRequest,
+        request_id: str,
+        targets: list[Target],
+        admission: Admission,
+        rate_limit: RateLimitInfo,
+    ) -> ChatResult:
+        try:
+            upstream, served = self.dispatcher.stream(request, targets)
+        except BaseException as exc:
+            self._settle_failure(request_id, request, targets[0], admission, exc)
+            raise
+
+        def on_end(end: StreamEnd) -> None:
+            if end.status == "failed":
+                self._settle(request_id, served, admission, "failed", Usage(), False, end.error)
+                return
+            usage, estimated = end.usage, False
+            if usage is None:
+                usage, estimated = estimate_usage(request, end.delivered_characters), True
+            self._settle(request_id, served, admission, end.status, usage, estimated, end.error)
+
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        stream = MeteredStream(
+            upstream,
+            model=served.public_id,
+            include_usage=include_usage,
+            on_end=on_end,
+            headers={},
+        )
+        result = ChatResult(stream, rate_limit, served.provider)
+        stream.headers = result.headers()
+        return result
+
+    def _settle(
+        self,
+        request_id: str,
+        served: Target,
+        admission: Admission,
+        status: str,
+        usage: Usage,
+        estimated: bool,
+        error: str | None = None,
+    ) -> None:
+        cost = 0 if status == "failed" else Prices.of(served.model).cost_nanos(
+            usage.prompt_tokens, usage.completion_tokens
+        )
+        self.store.settle(
+            Settlement(
+                request_id=request_id,
+                admission=admission,
+                provider=served.provider,
+                model=served.public_id,
+                upstream_model=served.upstream_model,
+                status=status,
+                prompt_tokens=usage.prompt_tokens if status != "failed" else 0,
+                completion_tokens=usage.completion_tokens if status != "failed" else 0,
+                usage_estimated=estimated,
+                cost_nanos=cost,
+                finished_at=self._now_ms(),
+                error=error,
+            )
+        )
+
+    def _settle_failure(
+        self,
+        request_id: str,
+        request: ChatRequest,
+        target: Target,
+        admission: Admission,
+        exc: BaseException,
+    ) -> None:
+        message = exc.message if isinstance(exc, LLMRouterError) else type(exc).__name__
+        self._settle(request_id, target, admission, "failed", Usage(), False, message)
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    # ------------------------------------------------------------------ models
+
+    def models(self) -> ModelList:
+        return ModelList(data=self.catalog.cards())
+
+    def model(self, model_id: str) -> ModelCard:
+        return self.catalog.card(model_id)
+
+    # ------------------------------------------------------------------ keys and money
+
+    def create_key(
+        self,
+        name: str,
+        *,
+        admin: bool = False,
+        credits: Decimal | str | int = 0,
+        daily_requests: int | None = None,
+        throttle_seconds: int | None = None,
+        requests_per_minute: int | None = None,
+    ) -> tuple[KeyRecord, str]:
+        """A new API key and its secret (shown once; only its hash is stored)."""
+        if not name.strip():
+            raise InvalidRequestError("a key needs a non-empty name", param="name")
+        record, secret = self.store.create_key(
+            name,
+            is_admin=admin,
+            credits_nanos=_positive_nanos(credits, "credits", allow_zero=True),
+            now=self._now_ms(),
+            daily_requests=daily_requests,
+            throttle_seconds=throttle_seconds,
+            requests_per_minute=requests_per_minute,
+        )
+        self.keys.forget_all()
+        return record, secret
+
+    def list_keys(self) -> list[KeyRecord]:
+        return self.store.list_keys()
+
+    def revoke_key(self, key_id: str) -> KeyRecord:
+        record = self.store.revoke_key(key_id, now=self._now_ms())
+        self.keys.forget_all()
+        return record
+
+    def top_up(self, key_id: str, amount: Decimal | str | int) -> KeyRecord:
+        """Add ``amount`` USD to a key's prepaid balance."""
+        return self.store.top_up(key_id, _positive_nanos(amount, "amount"), now=self._now_ms())
+
+    def usage(
+        self, *, key_id: str | None = None, since_day: int | None = None, until_day: int | None = None
+    ) -> list[UsageRow]:
+        return self.store.usage(key_id=key_id, since_day=since_day, until_day=until_day)
+
+    def provider_totals(self) -> list[ProviderTotal]:
+        return self.store.provider_totals()
+
+
+def _positive_nanos(amount: Decimal | str | int, field: str, *, allow_zero: bool = False) -> int:
+    nanos = usd_to_nanos(amount, field=field)
+    if nanos < 0 or (nanos == 0 and not allow_zero):
+        raise InvalidRequestError(f"{field} must be a positive amount of USD", param=field)
+    return nanos

@@ -1,0 +1,25 @@
+"""The SQL store: API keys, fair-use state, balances, the ledger and provider totals."""
+
+from .records import (
+    Admission,
+    AdmissionKind,
+    KeyRecord,
+    ProviderTotal,
+    QuotaDefaults,
+    Settlement,
+    UsageRow,
+)
+from .store import SECRET_PREFIX, Store, hash_secret
+
+__all__ = [
+    "SECRET_PREFIX",
+    "Admission",
+    "AdmissionKind",
+    "KeyRecord",
+    "ProviderTotal",
+    "QuotaDefaults",
+    "Settlement",
+    "Store",
+    "UsageRow",
+    "hash_secret",
+]

@@ -1,0 +1,118 @@
+"""Plain records the store returns and takes: keys, admissions, settlements, usage rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class AdmissionKind(IntEnum):
+    """The outcome of one admission statement (stored in ``api_keys.last_admission``)."""
+
+    ALLOWANCE = 1  # within the day's fair-use allowance: free to the key
+    CREDITS = 2  # past it (or a premium model): paid from the prepaid balance
+    THROTTLE_SLOT = 3  # past it, no credits: the one request of this throttle window
+    REJECTED_THROTTLED = 4  # past it, no credits, the throttle slot is taken
+    REJECTED_NO_CREDITS = 5  # premium model and the balance cannot cover the reservation
+    REJECTED_PER_MINUTE = 6  # the key's requests_per_minute is used up
+
+    @property
+    def admitted(self) -> bool:
+        return self <= AdmissionKind.THROTTLE_SLOT
+
+    @property
+    def label(self) -> str:
+        return {1: "allowance", 2: "credits", 3: "throttle"}.get(self.value, "rejected")
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    id: str
+    name: str
+    hint: str
+    is_admin: bool
+    created_at: int
+    revoked_at: int | None
+    balance_nanos: int
+    spent_nanos: int
+    daily_requests: int | None
+    throttle_seconds: int | None
+    requests_per_minute: int | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True)
+class QuotaDefaults:
+    """The ``[quota]`` values used where a key has no override."""
+
+    daily_requests: int
+    throttle_seconds: int
+    requests_per_minute: int | None
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the admission statement decided, and the key's quota state right after it."""
+
+    key_id: str
+    kind: AdmissionKind
+    at: int
+    day: int
+    reserved_nanos: int
+    daily_limit: int
+    day_count: int
+    next_slot_at: int
+    minute_count: int
+    requests_per_minute: int | None
+    balance_nanos: int
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """One finished call, as it goes into the ledger."""
+
+    request_id: str
+    admission: Admission
+    provider: str
+    model: str
+    upstream_model: str
+    status: str  # ok | partial | failed
+    prompt_tokens: int
+    completion_tokens: int
+    usage_estimated: bool
+    cost_nanos: int
+    finished_at: int
+    error: str | None = None
+
+    @property
+    def charged_nanos(self) -> int:
+        """What the key pays: only credit-paid calls, never more than was reserved."""
+        if self.admission.kind is not AdmissionKind.CREDITS:
+            return 0
+        return min(self.cost_nanos, self.admission.reserved_nanos)
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    key_id: str
+    day: int
+    provider: str
+    model: str
+    requests: int
+    failed: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_nanos: int
+    charged_nanos: int
+
+
+@dataclass(frozen=True)
+class ProviderTotal:
+    provider: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_nanos: int

@@ -1,0 +1,472 @@
+"""A fake Anthropic Messages API (``POST /v1/messages``) to test the anthropic adapter over HTTP.
+
+It rejects what api.anthropic.com rejects (same error shape and types), answers
+deterministically, streams Anthropic's SSE events and records every request it received.
+
+Answers: the last user text echoed back; after tool results, ``"Tool results: a; b"``.
+Tools are called when ``tool_choice`` forces it (``any``: the tools the text names, else
+the first; ``tool``: that one, with no text before it, as Claude does) or, under ``auto``,
+for each tool whose name the user wrote, after a short text block. A tool's input holds
+a placeholder for each required property, so a tool without parameters gets ``{}``.
+Tokens are counted as whitespace-separated words.
+
+Tests script the next request with :class:`Script` (an error status, an ``error`` event
+or a dropped connection mid-stream, a forced stop_reason, cache usage, a thinking block).
+One deviation, on purpose: a wrong key is echoed in the 401 message, as some providers
+do, so that tests can check the router redacts it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from werkzeug.wrappers import Request, Response
+
+API_VERSION = "2023-06-01"
+TEST_KEY = "sk-ant-test-0123456789abcdef"
+
+_TOP_LEVEL_FIELDS = {
+    "model",
+    "messages",
+    "max_tokens",
+    "system",
+    "metadata",
+    "stop_sequences",
+    "stream",
+    "temperature",
+    "top_p",
+    "top_k",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "service_tier",
+}
+_IMAGE_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp"}
+_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
+_PLACEHOLDERS = {"string": "echo", "integer": 7, "number": 1.5, "boolean": True, "array": []}
+_JSON_FRAGMENT = 5
+
+
+@dataclass
+class Script:
+    """What to do differently for the next request (one script is used per request)."""
+
+    status: int = 200
+    error_type: str = "api_error"
+    message: str = "Internal server error"
+    headers: dict[str, str] = field(default_factory=dict)
+    #: streaming: send an ``error`` event (``error_type``, ``message``) after this many events
+    error_after: int | None = None
+    #: streaming: break the connection after this many events
+    drop_after: int | None = None
+    #: streaming: seconds between events
+    event_delay: float = 0.0
+    stop_reason: str | None = None
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    thinking: str | None = None
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: Any
+
+
+class Rejected(Exception):
+    def __init__(self, message: str, status: int = 400, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.message, self.status, self.kind = message, status, kind
+
+
+class FakeAnthropic:
+    """The WSGI app. Thread-safe: the loopback server answers each request in a thread."""
+
+    def __init__(self, api_key: str = TEST_KEY) -> None:
+        self.api_key = api_key
+        self.received: list[Received] = []
+        self.aborted_streams = 0
+        self._scripts: list[Script] = []
+        self._lock = threading.Lock()
+        self._counter = 0
+
+    @property
+    def last(self) -> Received:
+        return self.received[-1]
+
+    def script(self, *scripts: Script) -> None:
+        """Use these scripts, in order, for the next requests."""
+        with self._lock:
+            self._scripts.extend(scripts)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.received.clear()
+            self._scripts.clear()
+            self.aborted_streams = 0
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        return self._handle(Request(environ))(environ, start_response)
+
+    def _handle(self, request: Request) -> Response:
+        try:
+            body = json.loads(request.get_data() or b"null")
+        except ValueError:
+            body = None
+        with self._lock:
+            self.received.append(Received(dict(request.headers), body))
+            script = self._scripts.pop(0) if self._scripts else Script()
+            self._counter += 1
+            message_id = f"msg_fake{self._counter:06d}"
+        if request.method != "POST" or request.path != "/v1/messages":
+            return _error(Rejected(f"Not found: {request.path}", 404, "not_found_error"))
+        try:
+            _check_headers(request.headers, self.api_key)
+            _check_body(body)
+        except Rejected as exc:
+            return _error(exc)
+        if script.status >= 400:
+            rejected = Rejected(script.message, script.status, script.error_type)
+            return _error(rejected, script.headers)
+        message = _answer(body, message_id, script)
+        if body.get("stream"):
+            events = self._sse(_events(message, script), script)
+            return Response(events, mimetype="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return Response(json.dumps(message), mimetype="application/json")
+
+    def _sse(self, events: Iterator[tuple[str, dict[str, Any]]], script: Script) -> Iterator[bytes]:
+        finished = False
+        try:
+            for count, (name, data) in enumerate(events):
+                if count == script.error_after:
+                    error = {"type": script.error_type, "message": script.message}
+                    yield _event("error", {"type": "error", "error": error})
+                    break
+                if count == script.drop_after:
+                    # An exception after the headers makes the server cut the connection
+                    # without the final empty chunk, as a network failure would.
+                    raise ConnectionAbortedError("scripted drop")
+                yield _event(name, data)
+                time.sleep(script.event_delay)
+            finished = True
+        finally:
+            if not finished:
+                with self._lock:
+                    self.aborted_streams += 1
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_headers(headers: Any, api_key: str) -> None:
+    key = headers.get("x-api-key")
+    if not key:
+        raise Rejected("x-api-key header is required", 401, "authentication_error")
+    if key != api_key:
+        raise Rejected(f"invalid x-api-key: {key}", 401, "authentication_error")
+    if not headers.get("anthropic-version"):
+        raise Rejected("anthropic-version: header is required")
+
+
+def _check_body(body: Any) -> None:
+    if not isinstance(body, dict):
+        raise Rejected("The request body is not valid JSON.")
+    for name in body:
+        if name not in _TOP_LEVEL_FIELDS:
+            raise Rejected(f"{name}: Extra inputs are not permitted")
+    for name in ("model", "max_tokens", "messages"):
+        if name not in body:
+            raise Rejected(f"{name}: Field required")
+    if not isinstance(body["max_tokens"], int) or body["max_tokens"] < 1:
+        raise Rejected("max_tokens: Input should be greater than or equal to 1")
+    for name, high in (("temperature", 1), ("top_p", 1)):
+        value = body.get(name)
+        if value is not None and not 0 <= value <= high:
+            raise Rejected(f"{name}: Input should be less than or equal to {high}")
+    system = body.get("system")
+    if system is not None and not isinstance(system, str):
+        if not isinstance(system, list) or any(b.get("type") != "text" for b in system):
+            raise Rejected("system: Input should be a valid string or a list of text blocks")
+    stops = body.get("stop_sequences", [])
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise Rejected("stop_sequences: Input should be a valid list of strings")
+    metadata = body.get("metadata", {})
+    if set(metadata) - {"user_id"}:
+        raise Rejected("metadata: Extra inputs are not permitted")
+    tool_names = _check_tools(body.get("tools"), body.get("tool_choice"))
+    _check_messages(body["messages"], bool(tool_names))
+
+
+def _check_tools(tools: Any, choice: Any) -> list[str]:
+    names: list[str] = []
+    for i, tool in enumerate(tools or []):
+        if not isinstance(tool, dict) or set(tool) - {"name", "description", "input_schema"}:
+            raise Rejected(f"tools.{i}: Extra inputs are not permitted")
+        if not _TOOL_NAME.match(str(tool.get("name", ""))):
+            raise Rejected(f"tools.{i}.name: String should match pattern '{_TOOL_NAME.pattern}'")
+        if not isinstance(tool.get("input_schema"), dict):
+            raise Rejected(f"tools.{i}.input_schema: Field required")
+        if tool["input_schema"].get("type") != "object":
+            raise Rejected(f"tools.{i}.input_schema.type: Input should be 'object'")
+        names.append(tool["name"])
+    if choice is None:
+        return names
+    if not isinstance(choice, dict):
+        raise Rejected("tool_choice: Input should be a valid dictionary or object")
+    kind = choice.get("type")
+    allowed = {"type"} if kind == "none" else {"type", "disable_parallel_tool_use"}
+    if kind not in ("auto", "any", "tool", "none"):
+        raise Rejected("tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none'")
+    if kind == "tool":
+        allowed.add("name")
+        if choice.get("name") not in names:
+            raise Rejected(f"tool_choice.name: no tool named {choice.get('name')!r} in tools")
+    if set(choice) - allowed:
+        raise Rejected(f"tool_choice.{kind}: Extra inputs are not permitted")
+    return names
+
+
+def _check_messages(messages: Any, tools_defined: bool) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise Rejected("messages: at least one message is required")
+    if messages[0].get("role") != "user":
+        raise Rejected('messages: first message must use the "user" role')
+    pending: set[str] = set()  # tool_use ids of the previous turn, awaiting their results
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        if role not in ("user", "assistant"):
+            raise Rejected(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+        blocks = _blocks(message.get("content"))
+        if not blocks and i < len(messages) - 1:
+            raise Rejected(
+                f"messages.{i}: all messages must have non-empty content "
+                "except for the optional final assistant message"
+            )
+        results: set[str] = set()
+        for j, block in enumerate(blocks):
+            kind = _check_block(block, role, f"messages.{i}.content.{j}", tools_defined)
+            if kind == "tool_result":
+                if j > len(results):
+                    raise Rejected(
+                        f"messages.{i}.content.{j}: tool_result blocks must come before "
+                        "any other content in a user message"
+                    )
+                if block["tool_use_id"] not in pending:
+                    raise Rejected(
+                        f"messages.{i}.content.{j}: unexpected `tool_use_id` found in "
+                        f"`tool_result` blocks: {block['tool_use_id']}. Each `tool_result` block "
+                        "must have a corresponding `tool_use` block in the previous message."
+                    )
+                results.add(block["tool_use_id"])
+        if pending - results:
+            raise Rejected(
+                f"messages.{i - 1}: `tool_use` ids were found without `tool_result` blocks "
+                f"immediately after: {', '.join(sorted(pending - results))}. Each `tool_use` "
+                "block must have a corresponding `tool_result` block in the next message."
+            )
+        pending = {b["id"] for b in blocks if b["type"] == "tool_use"}
+
+
+def _check_block(block: Any, role: str, where: str, tools_defined: bool) -> str:
+    kind = block.get("type") if isinstance(block, dict) else None
+    if kind == "text":
+        if not isinstance(block.get("text"), str) or not block["text"]:
+            raise Rejected(f"{where}: text content blocks must be non-empty")
+    elif kind == "image" and role == "user":
+        source = block.get("source") or {}
+        if source.get("type") == "base64":
+            if source.get("media_type") not in _IMAGE_TYPES:
+                raise Rejected(
+                    f"{where}.source.base64.media_type: Input should be 'image/jpeg', "
+                    "'image/png', 'image/gif' or 'image/webp'"
+                )
+            if not source.get("data"):
+                raise Rejected(f"{where}.source.base64.data: Field required")
+        elif source.get("type") != "url" or not str(source.get("url", "")).startswith("http"):
+            raise Rejected(f"{where}.source: Input should be a base64 or url image source")
+    elif kind in ("tool_use", "tool_result"):
+        if not tools_defined:
+            raise Rejected(
+                "Requests which include `tool_use` or `tool_result` blocks must define tools."
+            )
+        if kind == "tool_use" and (role != "assistant" or not isinstance(block.get("input"), dict)):
+            raise Rejected(f"{where}: tool_use blocks need role assistant and an object input")
+        if kind == "tool_result" and (role != "user" or not block.get("tool_use_id")):
+            raise Rejected(f"{where}: tool_result blocks need role user and a tool_use_id")
+    else:
+        raise Rejected(f"{where}: Input tag '{kind}' found using 'type' does not match any of "
+                       "the expected tags for a " + role + " message")
+    return str(kind)
+
+
+def _blocks(content: Any) -> list[Any]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if isinstance(content, list):
+        return content
+    raise Rejected("content: Input should be a valid string or a list of content blocks")
+
+
+# --------------------------------------------------------------------------- answers
+
+
+def _answer(body: dict[str, Any], message_id: str, script: Script) -> dict[str, Any]:
+    """The complete Message the request gets (the stream is cut from it)."""
+    messages = body["messages"]
+    last_user = next(m for m in reversed(messages) if m["role"] == "user")
+    blocks = _blocks(last_user["content"])
+    said = " ".join(b["text"] for b in blocks if b["type"] == "text")
+    results = [_result_text(b) for b in blocks if b["type"] == "tool_result"]
+    calls = [] if results else _tools_to_call(body, said)
+    content: list[dict[str, Any]] = []
+    if script.thinking:
+        content.append({"type": "thinking", "thinking": script.thinking, "signature": "sig"})
+    forced = (body.get("tool_choice") or {}).get("type") in ("any", "tool")
+    if results:
+        text = "Tool results: " + "; ".join(results)
+    elif calls:
+        text = "" if forced else "Let me call " + " and ".join(t["name"] for t in calls) + "."
+    else:
+        text = said
+    text, stop_reason, stop_sequence = _cut(text, body)
+    if stop_reason != "end_turn":
+        calls = []
+    if text:
+        content.append({"type": "text", "text": text})
+    for i, tool in enumerate(calls):
+        content.append(
+            {"type": "tool_use", "id": f"toolu_{i:02d}_{tool['name']}", "name": tool["name"],
+             "input": _placeholder_input(tool["input_schema"])}
+        )
+    if calls:
+        stop_reason = "tool_use"
+    output = len(text.split()) + sum(len(json.dumps(b["input"])) // 4 + 1 for b in content
+                                     if b["type"] == "tool_use")
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": body["model"],
+        "content": content,
+        "stop_reason": script.stop_reason or stop_reason,
+        "stop_sequence": stop_sequence,
+        "usage": {
+            "input_tokens": _prompt_tokens(body),
+            "cache_creation_input_tokens": script.cache_creation_input_tokens,
+            "cache_read_input_tokens": script.cache_read_input_tokens,
+            "output_tokens": output,
+        },
+    }
+
+
+def _tools_to_call(body: dict[str, Any], said: str) -> list[dict[str, Any]]:
+    tools = body.get("tools") or []
+    choice = body.get("tool_choice") or {"type": "auto"}
+    named = [t for t in tools if t["name"] in said]
+    if choice["type"] == "none":
+        calls = []
+    elif choice["type"] == "tool":
+        calls = [t for t in tools if t["name"] == choice["name"]]
+    elif choice["type"] == "any":
+        calls = named or tools[:1]
+    else:
+        calls = named
+    return calls[:1] if choice.get("disable_parallel_tool_use") else calls
+
+
+def _cut(text: str, body: dict[str, Any]) -> tuple[str, str, str | None]:
+    """The text within ``stop_sequences`` and ``max_tokens``, the stop_reason and sequence."""
+    found = [(text.find(s), s) for s in body.get("stop_sequences", []) if s and s in text]
+    if found:
+        at, sequence = min(found)
+        return text[:at], "stop_sequence", sequence
+    words = text.split()
+    if len(words) > body["max_tokens"]:
+        return " ".join(words[: body["max_tokens"]]), "max_tokens", None
+    return text, "end_turn", None
+
+
+def _placeholder_input(schema: dict[str, Any]) -> dict[str, Any]:
+    properties = schema.get("properties", {})
+    return {
+        name: _PLACEHOLDERS.get(properties.get(name, {}).get("type", "string"), "echo")
+        for name in schema.get("required", [])
+    }
+
+
+def _result_text(block: dict[str, Any]) -> str:
+    content = block.get("content", "")
+    if isinstance(content, list):
+        return " ".join(b.get("text", "") for b in content)
+    return str(content)
+
+
+def _prompt_tokens(body: dict[str, Any]) -> int:
+    system = body.get("system") or ""
+    words = len(json.dumps(system).split()) if isinstance(system, list) else len(system.split())
+    for message in body["messages"]:
+        for block in _blocks(message["content"]):
+            words += 3 + len(str(block.get("text") or _result_text(block)).split())
+    return words
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def _events(message: dict[str, Any], script: Script) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``message`` as Anthropic streams it: text by word, tool input in small fragments."""
+    usage = message["usage"]
+    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None,
+             "usage": {**usage, "output_tokens": 1}}
+    yield "message_start", {"type": "message_start", "message": start}
+    yield "ping", {"type": "ping"}
+    for index, block in enumerate(message["content"]):
+        kind = block["type"]
+        empty = {
+            "text": {"text": ""},
+            "thinking": {"thinking": "", "signature": ""},
+            "tool_use": {"input": {}},
+        }
+        opened = {**block, **empty[kind]}
+        yield "content_block_start", {"type": "content_block_start", "index": index,
+                                      "content_block": opened}
+        for delta in _deltas(block):
+            yield "content_block_delta", {"type": "content_block_delta", "index": index,
+                                          "delta": delta}
+        yield "content_block_stop", {"type": "content_block_stop", "index": index}
+    yield "message_delta", {
+        "type": "message_delta",
+        "delta": {"stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]},
+        "usage": {"output_tokens": usage["output_tokens"]},
+    }
+    yield "message_stop", {"type": "message_stop"}
+
+
+def _deltas(block: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    if block["type"] == "text":
+        for word in re.split(r"(?<=\s)(?=\S)", block["text"]):
+            yield {"type": "text_delta", "text": word}
+    elif block["type"] == "thinking":
+        yield {"type": "thinking_delta", "thinking": block["thinking"]}
+        yield {"type": "signature_delta", "signature": block["signature"]}
+    else:
+        raw = json.dumps(block["input"]) if block["input"] else ""
+        # Anthropic sends a single empty fragment for a tool without input.
+        for at in range(0, max(len(raw), 1), _JSON_FRAGMENT):
+            yield {"type": "input_json_delta", "partial_json": raw[at : at + _JSON_FRAGMENT]}
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _error(error: Rejected, headers: dict[str, str] | None = None) -> Response:
+    body = {"type": "error", "error": {"type": error.kind, "message": error.message}}
+    return Response(json.dumps(body), status=error.status, mimetype="application/json",
+                    headers=headers)
