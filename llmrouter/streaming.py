@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any, Iterator
+from collections.abc import Iterator
 
 import requests
 import sseclient
@@ -16,6 +15,6 @@ def iter_sse(response: requests.Response) -> Iterator[sseclient.Event]:
     return sseclient.SSEClient(response.iter_content(chunk_size=None)).events()
 
 
-def encode_event(payload: dict[str, Any]) -> bytes:
-    """One ``data: {...}`` event."""
-    return b"data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+def encode_event(json_text: str) -> bytes:
+    """One ``data: {...}`` event carrying an already serialized JSON object."""
+    return b"data: " + json_text.encode() + b"\n\n"

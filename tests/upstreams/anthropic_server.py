@@ -110,6 +110,7 @@ class FakeAnthropic:
             self.received.clear()
             self._scripts.clear()
             self.aborted_streams = 0
+            self._counter = 0
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         return self._handle(Request(environ))(environ, start_response)
@@ -137,7 +138,9 @@ class FakeAnthropic:
         message = _answer(body, message_id, script)
         if body.get("stream"):
             events = self._sse(_events(message, script), script)
-            return Response(events, mimetype="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return Response(
+                events, mimetype="text/event-stream", headers={"Cache-Control": "no-cache"}
+            )
         return Response(json.dumps(message), mimetype="application/json")
 
     def _sse(self, events: Iterator[tuple[str, dict[str, Any]]], script: Script) -> Iterator[bytes]:
@@ -185,14 +188,14 @@ def _check_body(body: Any) -> None:
             raise Rejected(f"{name}: Field required")
     if not isinstance(body["max_tokens"], int) or body["max_tokens"] < 1:
         raise Rejected("max_tokens: Input should be greater than or equal to 1")
-    for name, high in (("temperature", 1), ("top_p", 1)):
+    for name in ("temperature", "top_p"):
         value = body.get(name)
-        if value is not None and not 0 <= value <= high:
-            raise Rejected(f"{name}: Input should be less than or equal to {high}")
+        if value is not None and not 0 <= value <= 1:
+            raise Rejected(f"{name}: Input should be less than or equal to 1")
     system = body.get("system")
-    if system is not None and not isinstance(system, str):
-        if not isinstance(system, list) or any(b.get("type") != "text" for b in system):
-            raise Rejected("system: Input should be a valid string or a list of text blocks")
+    text_blocks = isinstance(system, list) and all(b.get("type") == "text" for b in system)
+    if system is not None and not isinstance(system, str) and not text_blocks:
+        raise Rejected("system: Input should be a valid string or a list of text blocks")
     stops = body.get("stop_sequences", [])
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
         raise Rejected("stop_sequences: Input should be a valid list of strings")
@@ -300,8 +303,10 @@ def _check_block(block: Any, role: str, where: str, tools_defined: bool) -> str:
         if kind == "tool_result" and (role != "user" or not block.get("tool_use_id")):
             raise Rejected(f"{where}: tool_result blocks need role user and a tool_use_id")
     else:
-        raise Rejected(f"{where}: Input tag '{kind}' found using 'type' does not match any of "
-                       "the expected tags for a " + role + " message")
+        raise Rejected(
+            f"{where}: Input tag '{kind}' found using 'type' does not match any of "
+            "the expected tags for a " + role + " message"
+        )
     return str(kind)
 
 
@@ -341,13 +346,18 @@ def _answer(body: dict[str, Any], message_id: str, script: Script) -> dict[str, 
         content.append({"type": "text", "text": text})
     for i, tool in enumerate(calls):
         content.append(
-            {"type": "tool_use", "id": f"toolu_{i:02d}_{tool['name']}", "name": tool["name"],
-             "input": _placeholder_input(tool["input_schema"])}
+            {
+                "type": "tool_use",
+                "id": f"toolu_{i:02d}_{tool['name']}",
+                "name": tool["name"],
+                "input": _placeholder_input(tool["input_schema"]),
+            }
         )
     if calls:
         stop_reason = "tool_use"
-    output = len(text.split()) + sum(len(json.dumps(b["input"])) // 4 + 1 for b in content
-                                     if b["type"] == "tool_use")
+    output = len(text.split()) + sum(
+        len(json.dumps(b["input"])) // 4 + 1 for b in content if b["type"] == "tool_use"
+    )
     return {
         "id": message_id,
         "type": "message",
@@ -422,8 +432,13 @@ def _prompt_tokens(body: dict[str, Any]) -> int:
 def _events(message: dict[str, Any], script: Script) -> Iterator[tuple[str, dict[str, Any]]]:
     """``message`` as Anthropic streams it: text by word, tool input in small fragments."""
     usage = message["usage"]
-    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None,
-             "usage": {**usage, "output_tokens": 1}}
+    start = {
+        **message,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {**usage, "output_tokens": 1},
+    }
     yield "message_start", {"type": "message_start", "message": start}
     yield "ping", {"type": "ping"}
     for index, block in enumerate(message["content"]):
@@ -434,17 +449,27 @@ def _events(message: dict[str, Any], script: Script) -> Iterator[tuple[str, dict
             "tool_use": {"input": {}},
         }
         opened = {**block, **empty[kind]}
-        yield "content_block_start", {"type": "content_block_start", "index": index,
-                                      "content_block": opened}
+        yield (
+            "content_block_start",
+            {"type": "content_block_start", "index": index, "content_block": opened},
+        )
         for delta in _deltas(block):
-            yield "content_block_delta", {"type": "content_block_delta", "index": index,
-                                          "delta": delta}
+            yield (
+                "content_block_delta",
+                {"type": "content_block_delta", "index": index, "delta": delta},
+            )
         yield "content_block_stop", {"type": "content_block_stop", "index": index}
-    yield "message_delta", {
-        "type": "message_delta",
-        "delta": {"stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]},
-        "usage": {"output_tokens": usage["output_tokens"]},
-    }
+    yield (
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {
+                "stop_reason": message["stop_reason"],
+                "stop_sequence": message["stop_sequence"],
+            },
+            "usage": {"output_tokens": usage["output_tokens"]},
+        },
+    )
     yield "message_stop", {"type": "message_stop"}
 
 
@@ -468,5 +493,6 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 
 def _error(error: Rejected, headers: dict[str, str] | None = None) -> Response:
     body = {"type": "error", "error": {"type": error.kind, "message": error.message}}
-    return Response(json.dumps(body), status=error.status, mimetype="application/json",
-                    headers=headers)
+    return Response(
+        json.dumps(body), status=error.status, mimetype="application/json", headers=headers
+    )

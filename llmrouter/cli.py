@@ -1,0 +1,155 @@
+"""The ``llmrouter`` command: serve the API, manage keys and credits, report usage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__, usage
+from .billing import nanos_to_usd
+from .errors import ConfigError, LLMRouterError
+from .router import Router
+from .store import KeyRecord
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ConfigError as exc:
+        print(f"llmrouter: config error: {exc.message}", file=sys.stderr)
+        return 2
+    except LLMRouterError as exc:
+        print(f"llmrouter: {exc.message}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    config_help = (
+        "TOML config file (default: $LLMROUTER_CONFIG, else the embedded default: "
+        "SQLite file llmrouter.db here + the offline echo provider)"
+    )
+    parser = argparse.ArgumentParser(prog="llmrouter", description=__doc__)
+    parser.add_argument("--config", default=os.environ.get("LLMROUTER_CONFIG"), help=config_help)
+    # --config is accepted after the subcommand too; SUPPRESS keeps an absent one from
+    # overwriting the value given before the subcommand.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
+    parser.add_argument("--version", action="version", version=f"llmrouter {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", parents=[common], help="serve the OpenAI-compatible API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(run=_serve)
+
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys", required=True)
+    create = keys.add_parser("create", parents=[common], help="create a key (its secret is shown once)")
+    create.add_argument("--name", required=True)
+    create.add_argument("--admin", action="store_true", help="may see every key's usage")
+    create.add_argument("--credits", default="0", metavar="USD", help="initial prepaid balance")
+    create.add_argument("--daily-requests", type=int, help="override the fair-use allowance")
+    create.add_argument("--throttle-seconds", type=int, help="override the throttle window")
+    create.add_argument("--requests-per-minute", type=int, help="add a per-minute limit")
+    create.add_argument("--json", action="store_true", help="print a JSON object")
+    create.set_defaults(run=_keys_create)
+    listing = keys.add_parser("list", parents=[common], help="list keys (never their secrets)")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(run=_keys_list)
+    revoke = keys.add_parser("revoke", parents=[common], help="revoke a key")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(run=_keys_revoke)
+    topup = keys.add_parser("topup", parents=[common], help="add USD to a key's prepaid balance")
+    topup.add_argument("key_id")
+    topup.add_argument("amount", metavar="USD")
+    topup.set_defaults(run=_keys_topup)
+
+    report = commands.add_parser("usage", parents=[common], help="usage and spend per key, model, provider and day")
+    report.add_argument("--key", help="only this key id")
+    report.add_argument("--since", help="first day, YYYY-MM-DD (UTC)")
+    report.add_argument("--until", help="last day, YYYY-MM-DD (UTC)")
+    report.add_argument("--json", action="store_true")
+    report.set_defaults(run=_usage)
+    return parser
+
+
+def _router(args: argparse.Namespace) -> Router:
+    return Router.from_config(args.config)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from werkzeug.serving import run_simple
+
+    from flask_ext import create_app
+
+    app = create_app(args.config)
+    print(f"llmrouter {__version__} serving on http://{args.host}:{args.port}/v1", file=sys.stderr)
+    run_simple(args.host, args.port, app, threaded=True)
+    return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    record, secret = _router(args).create_key(
+        args.name,
+        admin=args.admin,
+        credits=args.credits,
+        daily_requests=args.daily_requests,
+        throttle_seconds=args.throttle_seconds,
+        requests_per_minute=args.requests_per_minute,
+    )
+    if args.json:
+        print(json.dumps({**_key_dict(record), "secret": secret}))
+    else:
+        print(f"created key {record.id} ({record.name})")
+        print(f"secret: {secret}")
+        print("This secret is shown once and cannot be recovered: store it now.")
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    records = _router(args).list_keys()
+    if args.json:
+        print(json.dumps([_key_dict(r) for r in records]))
+        return 0
+    for r in records:
+        state = "revoked" if r.revoked_at else ("admin" if r.is_admin else "active")
+        print(f"{r.id}  {r.hint:<16}  {state:<7}  balance ${nanos_to_usd(r.balance_nanos):<12}  {r.name}")
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    record = _router(args).revoke_key(args.key_id)
+    print(f"revoked key {record.id} ({record.name})")
+    return 0
+
+
+def _keys_topup(args: argparse.Namespace) -> int:
+    record = _router(args).top_up(args.key_id, args.amount)
+    print(f"key {record.id}: balance ${nanos_to_usd(record.balance_nanos)}")
+    return 0
+
+
+def _usage(args: argparse.Namespace) -> int:
+    rows = _router(args).usage(
+        key_id=args.key,
+        since_day=usage.day_of(args.since, field="--since") if args.since else None,
+        until_day=usage.day_of(args.until, field="--until") if args.until else None,
+    )
+    print(json.dumps(usage.report(rows)) if args.json else usage.table(rows))
+    return 0
+
+
+def _key_dict(record: KeyRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "name": record.name,
+        "hint": record.hint,
+        "admin": record.is_admin,
+        "revoked": record.revoked_at is not None,
+        "balance": nanos_to_usd(record.balance_nanos),
+        "spent": nanos_to_usd(record.spent_nanos),
+    }

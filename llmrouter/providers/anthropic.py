@@ -1,0 +1,475 @@
+"""Anthropic's Messages API (``POST /v1/messages``): OpenAI chat requests translated to
+Claude's format, and Claude's messages and stream events translated back.
+
+Where the two formats differ, this adapter chooses:
+
+- ``system``/``developer`` messages, wherever they are, join (blank-line separated) into
+  the top-level ``system``; consecutive turns of one role merge into one turn, so the
+  results of parallel tool calls reach Claude as one user turn, as it requires.
+- ``temperature`` is clamped to Anthropic's 0–1 (values up to 1 mean the same on both).
+- ``tool_choice: "none"`` is sent as ``{"type": "none"}`` with the tools kept, since
+  Anthropic refuses a history with tool calls when no tools are defined.
+- ``max_tokens`` is required by Anthropic; when the client sets none, the adapter sends
+  ``DEFAULT_MAX_TOKENS`` (4096), or the model's ``max_output_length`` when lower.
+- ``response_format`` json_object/json_schema: Claude is forced to call one tool whose
+  input schema is the requested schema, and that input is returned as the message
+  content (finish_reason ``stop``). With client tools in the request, a system
+  instruction asks for JSON instead, so the client's tools stay callable.
+- ``n`` > 1 is refused (``InvalidRequestError``, param ``n``); ``seed``, penalties,
+  ``logit_bias``, ``logprobs`` and fields Anthropic does not know are dropped, since
+  Anthropic refuses unknown fields. Content parts other than text and images are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from ..errors import InvalidRequestError, UpstreamError
+from ..schemas import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    FunctionCall,
+    FunctionCallDelta,
+    ImagePart,
+    Message,
+    NamedToolChoice,
+    ResponseFormat,
+    TextPart,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+from ..streaming import iter_sse
+from .base import ChunkStream, ProviderAdapter
+from .http import HTTPTransport, message_of
+from .registry import register
+
+API_VERSION = "2023-06-01"
+#: The tool Claude is made to call to answer in JSON (only used when the client has no tools).
+JSON_TOOL = "json_response"
+
+_FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+_TOOL_CHOICES = {"auto": "auto", "required": "any", "none": "none"}
+_DATA_URI = re.compile(r"^data:(?P<media_type>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)$", re.DOTALL)
+
+
+@register
+class AnthropicAdapter(ProviderAdapter):
+    """Claude models through Anthropic's Messages API."""
+
+    kind = "anthropic"
+    default_base_url = "https://api.anthropic.com"
+    #: sent as ``max_tokens`` when the client sets no limit (Anthropic requires one)
+    DEFAULT_MAX_TOKENS = 4096
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__(settings)
+        self.transport = HTTPTransport(settings)
+        base = (settings.base_url or self.default_base_url).rstrip("/")
+        self.url = base.removesuffix("/v1") + "/v1/messages"
+        secret = settings.secret()
+        self.headers = {"anthropic-version": API_VERSION}
+        if secret:
+            self.headers["x-api-key"] = secret
+        self.headers.update(settings.headers)
+
+    def build_body(self, request: ChatRequest, upstream_model: str, stream: bool) -> dict[str, Any]:
+        body = translate_request(request, upstream_model, self._default_max_tokens(upstream_model))
+        if stream:
+            body["stream"] = True
+        return body
+
+    def chat(self, request: ChatRequest, upstream_model: str) -> ChatCompletion:
+        body = self.build_body(request, upstream_model, stream=False)
+        response = self.transport.post(self.url, body, self.headers)
+        try:
+            return translate_response(response.json(), json_mode=_json_tool_mode(request))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UpstreamError(
+                f"{self.name} sent an answer that is not a Messages API message", provider=self.name
+            ) from exc
+
+    def stream(self, request: ChatRequest, upstream_model: str) -> ChunkStream:
+        body = self.build_body(request, upstream_model, stream=True)
+        response = self.transport.post(self.url, body, self.headers, stream=True)
+        chunks = self._chunks(response, StreamTranslator(json_mode=_json_tool_mode(request)))
+        # Read up to the first chunk here, so that an error event sent before anything
+        # else is raised by stream() and the Router can still fall back.
+        try:
+            first = next(chunks)
+        except BaseException:
+            chunks.close()
+            response.close()
+            raise
+        return ChunkStream(_prepend(first, chunks), response.close)
+
+    def _chunks(
+        self, response: requests.Response, translator: StreamTranslator
+    ) -> Iterator[ChatCompletionChunk]:
+        try:
+            for event in iter_sse(response):
+                if not event.data:
+                    continue
+                payload = json.loads(event.data)
+                if payload.get("type") == "error":
+                    kind = (payload.get("error") or {}).get("type", "error")
+                    message = self.transport.redact(message_of(payload) or event.data)
+                    raise UpstreamError(
+                        f"{self.name} stream failed ({kind}): {message}", provider=self.name
+                    )
+                yield from translator.feed(payload)
+                if translator.finished:
+                    return
+        except requests.RequestException as exc:
+            raise UpstreamError(
+                f"{self.name} stream broke off ({type(exc).__name__})", provider=self.name
+            ) from exc
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UpstreamError(
+                f"{self.name} sent an unreadable stream event", provider=self.name
+            ) from exc
+        raise UpstreamError(f"{self.name} stream ended before message_stop", provider=self.name)
+
+    def _default_max_tokens(self, upstream_model: str) -> int:
+        # A max_tokens above the model's own output limit is a 400 from Anthropic.
+        limit = next(
+            (m.max_output_length for m in self.settings.models if m.id == upstream_model), None
+        )
+        return min(self.DEFAULT_MAX_TOKENS, limit or self.DEFAULT_MAX_TOKENS)
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def _prepend(
+    first: ChatCompletionChunk, rest: Iterator[ChatCompletionChunk]
+) -> Iterator[ChatCompletionChunk]:
+    yield first
+    yield from rest
+
+
+# --------------------------------------------------------------------------- request
+
+
+def translate_request(
+    request: ChatRequest, upstream_model: str, default_max_tokens: int
+) -> dict[str, Any]:
+    """The Messages API body for ``request`` (without ``stream``)."""
+    if request.n is not None and request.n > 1:
+        raise InvalidRequestError("Anthropic models return one choice only: n must be 1", param="n")
+    system, messages = _conversation(request.messages)
+    fmt = request.response_format
+    json_format = fmt if fmt is not None and fmt.type != "text" else None
+    if json_format and request.tools:
+        system.append(_json_instruction(json_format))
+    body: dict[str, Any] = {
+        "model": upstream_model,
+        "max_tokens": request.output_limit or default_max_tokens,
+        "messages": messages,
+    }
+    if system:
+        body["system"] = "\n\n".join(system)
+    if request.temperature is not None:
+        body["temperature"] = min(request.temperature, 1.0)
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    if request.stop:
+        body["stop_sequences"] = [request.stop] if isinstance(request.stop, str) else request.stop
+    if request.user:
+        body["metadata"] = {"user_id": request.user}
+    if json_format and not request.tools:
+        body.update(_json_tool(json_format))
+    elif request.tools:
+        body.update(_tools(request))
+    return body
+
+
+def _conversation(messages: list[Message]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The system texts, and the turns with consecutive same-role turns merged."""
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+    for position, message in enumerate(messages):
+        if message.role in ("system", "developer"):
+            system.append(message.text())
+            continue
+        if message.role == "assistant":
+            role, blocks = "assistant", _assistant_blocks(message, position)
+        elif message.role == "tool":
+            role, blocks = "user", [_tool_result(message)]
+        else:
+            role, blocks = "user", _user_blocks(message, position)
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    return system, turns
+
+
+def _user_blocks(message: Message, position: int) -> list[dict[str, Any]]:
+    if isinstance(message.content, str):
+        return [{"type": "text", "text": message.content}]
+    blocks: list[dict[str, Any]] = []
+    for part in message.content or []:
+        if isinstance(part, TextPart):
+            blocks.append({"type": "text", "text": part.text})
+        elif isinstance(part, ImagePart):
+            blocks.append(_image_block(part.image_url.url, position))
+        else:
+            raise InvalidRequestError(
+                f"Anthropic models do not accept content parts of type '{part.type}'",
+                param=f"messages[{position}].content",
+            )
+    return blocks
+
+
+def _image_block(url: str, position: int) -> dict[str, Any]:
+    if not url.startswith("data:"):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    match = _DATA_URI.match(url)
+    if match is None:
+        raise InvalidRequestError(
+            "an image data URI must be base64: data:<media type>;base64,<data>",
+            param=f"messages[{position}].content",
+        )
+    source = {"type": "base64", "media_type": match["media_type"], "data": match["data"]}
+    return {"type": "image", "source": source}
+
+
+def _assistant_blocks(message: Message, position: int) -> list[dict[str, Any]]:
+    # Anthropic refuses empty text blocks, which OpenAI clients often send with tool calls.
+    text = message.text()
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+    for call in message.tool_calls or []:
+        try:
+            arguments = json.loads(call.function.arguments or "{}")
+        except ValueError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            raise InvalidRequestError(
+                f"the arguments of tool call '{call.id}' are not a JSON object",
+                param=f"messages[{position}].tool_calls",
+            )
+        blocks.append(
+            {"type": "tool_use", "id": call.id, "name": call.function.name, "input": arguments}
+        )
+    return blocks
+
+
+def _tool_result(message: Message) -> dict[str, Any]:
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id}
+    if text := message.text():
+        block["content"] = text
+    return block
+
+
+def _tools(request: ChatRequest) -> dict[str, Any]:
+    tools = []
+    for tool in request.tools or []:
+        function = tool.function
+        entry: dict[str, Any] = {"name": function.name}
+        if function.description:
+            entry["description"] = function.description
+        entry["input_schema"] = function.parameters or {"type": "object", "properties": {}}
+        tools.append(entry)
+    choice = request.tool_choice
+    if isinstance(choice, NamedToolChoice):
+        tool_choice: dict[str, Any] = {"type": "tool", "name": choice.function.name}
+    else:
+        tool_choice = {"type": _TOOL_CHOICES[choice or "auto"]}
+    if request.parallel_tool_calls is False and tool_choice["type"] != "none":
+        tool_choice["disable_parallel_tool_use"] = True
+    return {"tools": tools, "tool_choice": tool_choice}
+
+
+def _json_tool_mode(request: ChatRequest) -> bool:
+    """Whether the JSON answer is taken from a forced tool call (see the module docstring)."""
+    fmt = request.response_format
+    return fmt is not None and fmt.type != "text" and not request.tools
+
+
+def _json_tool(fmt: ResponseFormat) -> dict[str, Any]:
+    schema = fmt.json_schema.schema_ if fmt.json_schema else None
+    description = (fmt.json_schema.description if fmt.json_schema else None) or (
+        "Give the final answer as this tool's input."
+    )
+    tool = {
+        "name": JSON_TOOL,
+        "description": description,
+        "input_schema": schema or {"type": "object"},
+    }
+    return {"tools": [tool], "tool_choice": {"type": "tool", "name": JSON_TOOL}}
+
+
+def _json_instruction(fmt: ResponseFormat) -> str:
+    text = "Answer with one JSON object only, without any text or code fence around it."
+    if fmt.json_schema and fmt.json_schema.schema_:
+        text += " It must conform to this JSON schema: " + json.dumps(fmt.json_schema.schema_)
+    return text
+
+
+# --------------------------------------------------------------------------- response
+
+
+def translate_response(payload: dict[str, Any], json_mode: bool) -> ChatCompletion:
+    """The ``chat.completion`` for a Messages API message."""
+    texts: list[str] = []
+    calls: list[ToolCall] = []
+    for block in payload["content"]:
+        if block["type"] == "text":
+            texts.append(block["text"])
+        elif block["type"] == "tool_use":
+            arguments = json.dumps(block.get("input") or {}, ensure_ascii=False)
+            if json_mode:
+                texts.append(arguments)
+            else:
+                function = FunctionCall(name=block["name"], arguments=arguments)
+                calls.append(ToolCall(id=block["id"], function=function))
+        # thinking and redacted_thinking blocks have no place in OpenAI's message
+    message = AssistantMessage(
+        content="".join(texts) if texts or not calls else None, tool_calls=calls or None
+    )
+    finish = finish_reason(payload.get("stop_reason"), json_mode)
+    return ChatCompletion(
+        id="chatcmpl-" + payload["id"],
+        created=int(time.time()),
+        model=payload["model"],
+        choices=[Choice(index=0, message=message, finish_reason=finish)],
+        usage=usage_of(payload.get("usage") or {}),
+    )
+
+
+def finish_reason(stop_reason: str | None, json_mode: bool) -> str:
+    if json_mode and stop_reason == "tool_use":
+        return "stop"
+    return _FINISH_REASONS.get(stop_reason or "end_turn", "stop")
+
+
+def usage_of(usage: dict[str, Any]) -> Usage:
+    """OpenAI usage: cache writes and reads are prompt tokens too (Anthropic counts them apart)."""
+    cached = usage.get("cache_read_input_tokens") or 0
+    prompt = (usage.get("input_tokens") or 0) + (usage.get("cache_creation_input_tokens") or 0)
+    prompt += cached
+    completion = usage.get("output_tokens") or 0
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details={"cached_tokens": cached},
+    )
+
+
+# --------------------------------------------------------------------------- stream
+
+
+@dataclass
+class _ToolBlock:
+    #: the OpenAI tool call index, or None for the forced JSON tool (streamed as content)
+    position: int | None
+    has_input: bool = False
+
+
+class StreamTranslator:
+    """Turns one stream's Anthropic events into OpenAI chunks, in order."""
+
+    def __init__(self, json_mode: bool) -> None:
+        self.json_mode = json_mode
+        self.finished = False
+        self._id = "chatcmpl-"
+        self._model = ""
+        self._created = int(time.time())
+        self._usage: dict[str, Any] = {}
+        self._stop_reason: str | None = None
+        # Anthropic's block index counts text and thinking blocks too; OpenAI's tool call
+        # index counts tool calls only.
+        self._tools: dict[int, _ToolBlock] = {}
+        self._tool_count = 0
+
+    def feed(self, event: dict[str, Any]) -> list[ChatCompletionChunk]:
+        """The chunks one event yields (``error`` events are the caller's to raise)."""
+        kind = event["type"]
+        if kind == "message_start":
+            message = event["message"]
+            self._id = "chatcmpl-" + message["id"]
+            self._model = message["model"]
+            self._add_usage(message.get("usage"))
+            return [self._chunk(Delta(role="assistant", content=""))]
+        if kind == "content_block_start":
+            return self._block_start(event["index"], event["content_block"])
+        if kind == "content_block_delta":
+            return self._block_delta(event["index"], event["delta"])
+        if kind == "content_block_stop":
+            block = self._tools.get(event["index"])
+            # A tool without input gets no fragment, or an empty one; OpenAI wants "{}".
+            return self._input(block, "{}") if block and not block.has_input else []
+        if kind == "message_delta":
+            self._stop_reason = event["delta"].get("stop_reason") or self._stop_reason
+            self._add_usage(event.get("usage"))
+            return []
+        if kind == "message_stop":
+            self.finished = True
+            finish = finish_reason(self._stop_reason, self.json_mode)
+            usage = ChatCompletionChunk(
+                id=self._id, created=self._created, model=self._model, usage=usage_of(self._usage)
+            )
+            return [self._chunk(Delta(), finish), usage]
+        return []  # ping, and event types Anthropic may add
+
+    def _block_start(self, index: int, block: dict[str, Any]) -> list[ChatCompletionChunk]:
+        if block["type"] == "text" and block.get("text"):
+            return [self._chunk(Delta(content=block["text"]))]
+        if block["type"] != "tool_use":
+            return []
+        if self.json_mode:
+            self._tools[index] = _ToolBlock(position=None)
+            return []
+        position = self._tool_count
+        self._tools[index] = _ToolBlock(position=position)
+        self._tool_count += 1
+        function = FunctionCallDelta(name=block["name"], arguments="")
+        call = ToolCallDelta(index=position, id=block["id"], type="function", function=function)
+        return [self._chunk(Delta(tool_calls=[call]))]
+
+    def _block_delta(self, index: int, delta: dict[str, Any]) -> list[ChatCompletionChunk]:
+        if delta["type"] == "text_delta" and delta["text"]:
+            return [self._chunk(Delta(content=delta["text"]))]
+        block = self._tools.get(index)
+        if delta["type"] == "input_json_delta" and block and delta["partial_json"]:
+            return self._input(block, delta["partial_json"])
+        return []  # thinking, signature and citation deltas
+
+    def _input(self, block: _ToolBlock, fragment: str) -> list[ChatCompletionChunk]:
+        block.has_input = True
+        if block.position is None:
+            return [self._chunk(Delta(content=fragment))]
+        call = ToolCallDelta(index=block.position, function=FunctionCallDelta(arguments=fragment))
+        return [self._chunk(Delta(tool_calls=[call]))]
+
+    def _add_usage(self, usage: dict[str, Any] | None) -> None:
+        # message_delta repeats some counts (as null or cumulative): the latest number wins.
+        self._usage.update({k: v for k, v in (usage or {}).items() if isinstance(v, int)})
+
+    def _chunk(self, delta: Delta, finish: str | None = None) -> ChatCompletionChunk:
+        choice = ChunkChoice(index=0, delta=delta, finish_reason=finish)
+        return ChatCompletionChunk(
+            id=self._id, created=self._created, model=self._model, choices=[choice]
+        )

@@ -1,0 +1,603 @@
+"""Google's Gemini API (generativelanguage v1beta): OpenAI chat requests as ``generateContent``.
+
+Where Gemini has no exact counterpart, the adapter chooses:
+
+* Dropped fields: ``user``, ``logit_bias``, ``logprobs``/``top_logprobs``,
+  ``parallel_tool_calls``, a message's ``name`` and unknown extra fields. Gemini has no
+  such field (logprobs exist but are not translated) and rejects unknown JSON names.
+* System and developer messages, wherever they stand, become ``systemInstruction`` in order.
+* Images: ``data:`` URIs are sent inline; any other URL as ``fileData`` (Gemini fetches it)
+  with a MIME type guessed from the extension, ``image/jpeg`` when unknown.
+* Schemas (tool parameters, ``json_schema``) are reduced to Gemini's OpenAPI subset:
+  unsupported keywords dropped, local ``$ref`` inlined, ``oneOf`` read as ``anyOf``, a
+  ``null`` type as ``nullable``. What the subset cannot express (recursive or remote
+  ``$ref``, objects without properties, untyped values) is refused with a clear error.
+* Replayed function calls carry Gemini's documented placeholder thought signature: the real
+  one does not survive a round trip through OpenAI's format, and Gemini 3 requires one.
+* A prompt Gemini blocks (``promptFeedback.blockReason``, no candidates) answers with empty
+  content and ``finish_reason: "content_filter"``, as OpenAI's own filter does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import secrets
+import time
+from pathlib import PurePosixPath
+from typing import Any, Iterator
+from urllib.parse import quote, urlsplit
+
+import requests
+
+from ..config import ProviderSettings
+from ..errors import InvalidRequestError, UpstreamAuthError, UpstreamError, UpstreamRateLimitError
+from ..schemas import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    FunctionCall,
+    FunctionCallDelta,
+    ImagePart,
+    Message,
+    NamedToolChoice,
+    TextPart,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+from ..streaming import iter_sse
+from .base import ChunkStream, ProviderAdapter
+from .http import HTTPTransport, message_of
+from .registry import register
+
+_FILTERED = ("SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY")
+_FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", **dict.fromkeys(_FILTERED, "content_filter")}
+_CHOICE_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
+_IMAGE_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".webp": "image/webp",
+    ".gif": "image/gif",
+    ".heic": "image/heic",
+    ".heif": "image/heif",
+    ".pdf": "application/pdf",
+}
+# Keywords of Gemini's Schema copied as they are; type, properties, required, items and
+# anyOf are rebuilt. title, default and example are accepted by Gemini but only document.
+_SCHEMA_KEYWORDS = (
+    "description",
+    "minItems",
+    "maxItems",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+    "minProperties",
+    "maxProperties",
+    "pattern",
+    "propertyOrdering",
+)
+_FORMATS = {
+    "STRING": ("enum", "date-time"),
+    "NUMBER": ("float", "double"),
+    "INTEGER": ("int32", "int64"),
+}
+# Gemini's documented stand-in for a thought signature lost in history transferred from
+# elsewhere; without any signature Gemini 3 rejects replayed function calls.
+_PLACEHOLDER_SIGNATURE = "skip_thought_signature_validator"
+
+
+class _GeminiTransport(HTTPTransport):
+    """Gemini answers a bad key with 400 and puts the retry delay in the body: both mapped."""
+
+    def error_for(self, response: requests.Response) -> Any:
+        error = super().error_for(response)
+        details = _error_details(response)
+        if any(detail.get("reason") == "API_KEY_INVALID" for detail in details):
+            return UpstreamAuthError(
+                error.message, provider=self.provider, upstream_status=response.status_code
+            )
+        if isinstance(error, UpstreamRateLimitError) and error.retry_after is None:
+            error.retry_after = _retry_delay(details)
+        return error
+
+
+@register
+class GeminiAdapter(ProviderAdapter):
+    kind = "gemini"
+    default_base_url = "https://generativelanguage.googleapis.com/v1beta"
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        super().__init__(settings)
+        self.transport = _GeminiTransport(settings)
+        self.base_url = (settings.base_url or self.default_base_url).rstrip("/")
+        secret = settings.secret()
+        # The key goes in a header, never in the URL, so it stays out of access logs.
+        self.headers = {"x-goog-api-key": secret} if secret else {}
+        self.headers.update(settings.headers)
+
+    def _url(self, upstream_model: str, method: str) -> str:
+        model = quote(upstream_model.removeprefix("models/"), safe="")
+        return f"{self.base_url}/models/{model}:{method}"
+
+    def chat(self, request: ChatRequest, upstream_model: str) -> ChatCompletion:
+        body = build_request(request)
+        response = self.transport.post(self._url(upstream_model, "generateContent"), body, self.headers)
+        try:
+            return _completion(response.json(), upstream_model)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UpstreamError(
+                f"{self.name} sent an answer that is not a GenerateContentResponse",
+                provider=self.name,
+            ) from exc
+
+    def stream(self, request: ChatRequest, upstream_model: str) -> ChunkStream:
+        body = build_request(request)
+        url = self._url(upstream_model, "streamGenerateContent") + "?alt=sse"
+        response = self.transport.post(url, body, self.headers, stream=True)
+        events = self._events(response)
+        # Reading the first event here makes an error event or an empty stream raise from
+        # stream() itself, before the caller has sent anything and while fallback is possible.
+        try:
+            first = next(events, None)
+            if first is None:
+                raise UpstreamError(f"{self.name} sent an empty stream", provider=self.name)
+        except BaseException:
+            response.close()
+            raise
+        return ChunkStream(
+            _stream_chunks(itertools.chain([first], events), upstream_model, request.n or 1),
+            response.close,
+        )
+
+    def _events(self, response: requests.Response) -> Iterator[dict[str, Any]]:
+        try:
+            for event in iter_sse(response):
+                if not event.data:
+                    continue
+                payload = json.loads(event.data)
+                if not isinstance(payload, dict):
+                    raise ValueError("event is not an object")
+                if "error" in payload:
+                    error = payload["error"]
+                    raise UpstreamError(
+                        f"{self.name} stream failed: "
+                        + self.transport.redact(message_of(payload) or event.data),
+                        provider=self.name,
+                        upstream_status=error.get("code") if isinstance(error, dict) else None,
+                    )
+                yield payload
+        except requests.RequestException as exc:
+            raise UpstreamError(
+                f"{self.name} stream broke off ({type(exc).__name__})", provider=self.name
+            ) from exc
+        except ValueError as exc:
+            raise UpstreamError(f"{self.name} sent an unreadable stream event", provider=self.name) from exc
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+# --------------------------------------------------------------------------- request
+
+
+def build_request(request: ChatRequest) -> dict[str, Any]:
+    """The ``generateContent`` body for ``request``; untranslatable input raises 400."""
+    system, contents = _contents(request.messages)
+    body: dict[str, Any] = {"contents": contents}
+    if system:
+        body["systemInstruction"] = {"parts": system}
+    if request.tools:
+        declarations = [_declaration(i, tool) for i, tool in enumerate(request.tools)]
+        body["tools"] = [{"functionDeclarations": declarations}]
+        if request.tool_choice is not None:
+            body["toolConfig"] = {"functionCallingConfig": _calling_config(request.tool_choice)}
+    config = _generation_config(request)
+    if config:
+        body["generationConfig"] = config
+    return body
+
+
+def _contents(messages: list[Message]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The system parts and the conversation turns of ``messages``."""
+    system: list[dict[str, Any]] = []
+    contents: list[dict[str, Any]] = []
+    called: dict[str, str] = {}  # tool_call id -> function name; Gemini matches results by name
+    previous_role = ""
+    for position, message in enumerate(messages):
+        where = f"messages[{position}]"
+        if message.role in ("system", "developer"):
+            if message.text():
+                system.append({"text": message.text()})
+        elif message.role == "tool":
+            part = {"functionResponse": _function_response(message, called, where)}
+            # The results of parallel calls answer in one turn, as Gemini requires.
+            if previous_role == "tool":
+                contents[-1]["parts"].append(part)
+            else:
+                contents.append({"role": "user", "parts": [part]})
+        else:
+            parts = _content_parts(message, where)
+            for number, call in enumerate(message.tool_calls or []):
+                called[call.id] = call.function.name
+                parts.append(_function_call(call, number == 0, where))
+            if parts:
+                role = "model" if message.role == "assistant" else "user"
+                contents.append({"role": role, "parts": parts})
+        previous_role = message.role
+    return system, contents
+
+
+def _content_parts(message: Message, where: str) -> list[dict[str, Any]]:
+    # Gemini refuses empty text parts; an empty assistant message is simply left out.
+    if isinstance(message.content, str):
+        return [{"text": message.content}] if message.content else []
+    parts: list[dict[str, Any]] = []
+    for part in message.content or []:
+        if isinstance(part, TextPart):
+            if part.text:
+                parts.append({"text": part.text})
+        elif isinstance(part, ImagePart):
+            parts.append(_image(part.image_url.url, where))
+        else:
+            raise InvalidRequestError(
+                f"{where}: content parts of type '{part.type}' cannot be sent to Gemini",
+                param=f"{where}.content",
+            )
+    return parts
+
+
+def _image(url: str, where: str) -> dict[str, Any]:
+    if url.startswith("data:"):
+        header, _, data = url.partition(",")
+        if not header.endswith(";base64") or not data:
+            raise InvalidRequestError(
+                f"{where}: an image data URI must be base64-encoded", param=f"{where}.content"
+            )
+        mime_type = header[len("data:") :].split(";")[0] or "image/jpeg"
+        return {"inlineData": {"mimeType": mime_type, "data": data}}
+    suffix = PurePosixPath(urlsplit(url).path).suffix.lower()
+    return {"fileData": {"mimeType": _IMAGE_TYPES.get(suffix, "image/jpeg"), "fileUri": url}}
+
+
+def _function_call(call: ToolCall, first: bool, where: str) -> dict[str, Any]:
+    try:
+        args = json.loads(call.function.arguments or "{}")
+    except ValueError:
+        args = None
+    if not isinstance(args, dict):
+        raise InvalidRequestError(
+            f"{where}: the arguments of tool call '{call.id}' are not a JSON object",
+            param=f"{where}.tool_calls",
+        )
+    part: dict[str, Any] = {"functionCall": {"name": call.function.name, "args": args}}
+    if first:  # Gemini expects the signature on the first call of a turn only
+        part["thoughtSignature"] = _PLACEHOLDER_SIGNATURE
+    return part
+
+
+def _function_response(message: Message, called: dict[str, str], where: str) -> dict[str, Any]:
+    name = called.get(message.tool_call_id or "")
+    if name is None:
+        raise InvalidRequestError(
+            f"{where}: tool_call_id '{message.tool_call_id}' answers no earlier assistant tool call",
+            param=f"{where}.tool_call_id",
+        )
+    text = message.text()
+    try:
+        result = json.loads(text)
+    except ValueError:
+        result = None
+    # Gemini's response field is a JSON object; any other result is wrapped, as text.
+    return {"name": name, "response": result if isinstance(result, dict) else {"content": text}}
+
+
+def _declaration(index: int, tool: Tool) -> dict[str, Any]:
+    function = tool.function
+    declaration: dict[str, Any] = {"name": function.name}
+    if function.description:
+        declaration["description"] = function.description
+    # Gemini refuses an OBJECT without properties: a function without any declares none.
+    if function.parameters and function.parameters.get("properties"):
+        declaration["parameters"] = gemini_schema(
+            function.parameters, f"tools[{index}].function.parameters"
+        )
+    return declaration
+
+
+def _calling_config(choice: str | NamedToolChoice) -> dict[str, Any]:
+    if isinstance(choice, NamedToolChoice):
+        return {"mode": "ANY", "allowedFunctionNames": [choice.function.name]}
+    return {"mode": _CHOICE_MODES[choice]}
+
+
+def _generation_config(request: ChatRequest) -> dict[str, Any]:
+    stop = [request.stop] if isinstance(request.stop, str) else request.stop
+    config: dict[str, Any] = {
+        "temperature": request.temperature,
+        "topP": request.top_p,
+        "maxOutputTokens": request.output_limit,
+        "stopSequences": stop or None,
+        "candidateCount": request.n,
+        "seed": request.seed,
+        "presencePenalty": request.presence_penalty,
+        "frequencyPenalty": request.frequency_penalty,
+    }
+    response_format = request.response_format
+    if response_format is not None and response_format.type != "text":
+        config["responseMimeType"] = "application/json"
+        json_schema = response_format.json_schema
+        if json_schema is not None and json_schema.schema_:
+            config["responseSchema"] = gemini_schema(
+                json_schema.schema_, "response_format.json_schema.schema"
+            )
+    return {key: value for key, value in config.items() if value is not None}
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+def gemini_schema(schema: dict[str, Any], where: str) -> dict[str, Any]:
+    """JSON Schema ``schema`` as Gemini's OpenAPI subset; ``where`` names it in errors."""
+    definitions = {**schema.get("definitions", {}), **schema.get("$defs", {})}
+    return _reduce(schema, definitions, (), where)
+
+
+def _reduce(
+    node: Any, definitions: dict[str, Any], refs: tuple[str, ...], where: str
+) -> dict[str, Any]:
+    if not isinstance(node, dict):
+        raise _unexpressible(where, "is not a schema object")
+    node, refs = _resolve(node, definitions, refs, where)
+    out: dict[str, Any] = {}
+    nullable = bool(node.get("nullable"))
+    kind = node.get("type")
+    variants = list(node.get("anyOf") or node.get("oneOf") or [])
+    if isinstance(kind, list):  # JSON Schema's ["string", "null"]
+        variants += [{"type": each} for each in kind]
+        kind = None
+    reduced = []
+    for number, variant in enumerate(variants):
+        if isinstance(variant, dict) and variant.get("type") == "null":
+            nullable = True
+        else:
+            reduced.append(_reduce(variant, definitions, refs, f"{where}.anyOf[{number}]"))
+    if len(reduced) == 1:  # a union with null only: that schema, made nullable
+        out.update(reduced[0])
+    elif reduced:
+        out["anyOf"] = reduced
+    if kind == "null":
+        nullable, kind = True, None
+    enum = [node["const"]] if "const" in node else node.get("enum")
+    if enum and all(isinstance(value, str) for value in enum):  # Gemini's enums are strings
+        out["enum"] = list(enum)
+    if isinstance(kind, str):
+        out["type"] = kind.upper()
+    elif "properties" in node:
+        out["type"] = "OBJECT"
+    elif "items" in node:
+        out["type"] = "ARRAY"
+    elif "enum" in out:
+        out["type"] = "STRING"
+    if "type" not in out and "anyOf" not in out:
+        raise _unexpressible(where, "has no type")
+    if out.get("type") == "OBJECT":
+        _reduce_object(node, out, definitions, refs, where)
+    elif out.get("type") == "ARRAY":
+        if not isinstance(node.get("items"), dict):
+            raise _unexpressible(where, "is an array without one 'items' schema")
+        out["items"] = _reduce(node["items"], definitions, refs, f"{where}.items")
+    if node.get("format") in _FORMATS.get(out.get("type", ""), ()):
+        out["format"] = node["format"]
+    out.update((key, node[key]) for key in _SCHEMA_KEYWORDS if key in node)
+    if nullable:
+        out["nullable"] = True
+    return out
+
+
+def _reduce_object(
+    node: dict[str, Any],
+    out: dict[str, Any],
+    definitions: dict[str, Any],
+    refs: tuple[str, ...],
+    where: str,
+) -> None:
+    properties = node.get("properties") or out.get("properties")
+    if not properties:
+        raise _unexpressible(where, "is an object without 'properties'")
+    out["properties"] = {
+        name: _reduce(value, definitions, refs, f"{where}.properties.{name}")
+        for name, value in properties.items()
+    }
+    required = [name for name in node.get("required", []) if name in properties]
+    if required:
+        out["required"] = required
+
+
+def _resolve(
+    node: dict[str, Any], definitions: dict[str, Any], refs: tuple[str, ...], where: str
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """``node`` with its local ``$ref`` or single-schema ``allOf`` merged in."""
+    if "$ref" in node:
+        ref = node["$ref"]
+        name = ref.rpartition("/")[2]
+        if not ref.startswith(("#/$defs/", "#/definitions/")) or name not in definitions:
+            raise _unexpressible(where, f"uses $ref '{ref}', which is not a local definition")
+        if name in refs:
+            raise _unexpressible(where, f"uses $ref '{ref}' recursively")
+        siblings = {key: value for key, value in node.items() if key != "$ref"}
+        return _resolve({**definitions[name], **siblings}, definitions, (*refs, name), where)
+    if "allOf" in node:
+        parts = node["allOf"]
+        if len(parts) != 1 or not isinstance(parts[0], dict):
+            raise _unexpressible(where, "uses allOf with several schemas")
+        siblings = {key: value for key, value in node.items() if key != "allOf"}
+        return _resolve({**parts[0], **siblings}, definitions, refs, where)
+    return node, refs
+
+
+def _unexpressible(where: str, problem: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"{where} {problem}; Gemini's schema subset cannot express it", param=where.split(".")[0]
+    )
+
+
+# --------------------------------------------------------------------------- response
+
+
+def _completion(payload: dict[str, Any], upstream_model: str) -> ChatCompletion:
+    candidates = payload.get("candidates") or []
+    if candidates:
+        choices = [_choice(position, candidate) for position, candidate in enumerate(candidates)]
+    elif _blocked(payload):
+        choices = [Choice(message=AssistantMessage(content=""), finish_reason="content_filter")]
+    else:
+        raise ValueError("neither candidates nor a block reason")
+    usage = payload.get("usageMetadata")
+    return ChatCompletion(
+        id=_completion_id(payload),
+        created=int(time.time()),
+        model=payload.get("modelVersion") or upstream_model,
+        choices=choices,
+        usage=_usage(usage) if usage else None,
+    )
+
+
+def _choice(position: int, candidate: dict[str, Any]) -> Choice:
+    text, calls = _parts(candidate.get("content"))
+    tool_calls = [_tool_call(call) for call in calls]
+    message = AssistantMessage(content=text or (None if calls else ""), tool_calls=tool_calls or None)
+    finish = _FINISH_REASONS.get(candidate.get("finishReason", ""), "stop")
+    return Choice(
+        index=candidate.get("index", position),  # proto JSON leaves index 0 out
+        message=message,
+        finish_reason=_with_calls(finish, bool(calls)),
+    )
+
+
+def _parts(content: dict[str, Any] | None) -> tuple[str, list[dict[str, Any]]]:
+    """The text and function calls of a candidate's content; thought summaries left out."""
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for part in (content or {}).get("parts", []):
+        if part.get("thought"):
+            continue
+        if "text" in part:
+            texts.append(part["text"])
+        elif "functionCall" in part:
+            calls.append(part["functionCall"])
+    return "".join(texts), calls
+
+
+def _tool_call(call: dict[str, Any]) -> ToolCall:
+    # Gemini gives calls no id; the client needs one to answer each call.
+    arguments = json.dumps(call.get("args") or {}, ensure_ascii=False)
+    return ToolCall(
+        id="call_" + secrets.token_hex(12),
+        function=FunctionCall(name=call["name"], arguments=arguments),
+    )
+
+
+def _with_calls(finish: str, has_calls: bool) -> str:
+    return "tool_calls" if has_calls and finish == "stop" else finish
+
+
+def _blocked(payload: dict[str, Any]) -> bool:
+    return bool((payload.get("promptFeedback") or {}).get("blockReason"))
+
+
+def _usage(meta: dict[str, Any]) -> Usage:
+    prompt = meta.get("promptTokenCount", 0) + meta.get("toolUsePromptTokenCount", 0)
+    thoughts = meta.get("thoughtsTokenCount", 0)
+    completion = meta.get("candidatesTokenCount", 0) + thoughts  # thinking is billed as output
+    details: dict[str, Any] = {}
+    if meta.get("cachedContentTokenCount"):
+        details["prompt_tokens_details"] = {"cached_tokens": meta["cachedContentTokenCount"]}
+    if thoughts:
+        details["completion_tokens_details"] = {"reasoning_tokens": thoughts}
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=meta.get("totalTokenCount", prompt + completion),
+        **details,
+    )
+
+
+def _completion_id(payload: dict[str, Any]) -> str:
+    return "chatcmpl-" + (payload.get("responseId") or secrets.token_hex(12))
+
+
+def _stream_chunks(
+    payloads: Iterator[dict[str, Any]], upstream_model: str, choices: int
+) -> Iterator[ChatCompletionChunk]:
+    """OpenAI chunks for Gemini's stream events: role, deltas, finish per choice, usage."""
+    first = next(payloads)
+    payloads = itertools.chain([first], payloads)
+    ident, created = _completion_id(first), int(time.time())
+    model = first.get("modelVersion") or upstream_model
+    calls: dict[int, int] = {}  # tool calls so far per choice: the next call's index
+    finishes: dict[int, str] = {}
+    usage: dict[str, Any] | None = None
+
+    def chunk(index: int, delta: Delta, finish: str | None = None) -> ChatCompletionChunk:
+        choice = ChunkChoice(index=index, delta=delta, finish_reason=finish)
+        return ChatCompletionChunk(id=ident, created=created, model=model, choices=[choice])
+
+    for index in range(choices):
+        yield chunk(index, Delta(role="assistant", content=""))
+    for payload in payloads:
+        usage = payload.get("usageMetadata") or usage  # cumulative: the last one counts
+        if _blocked(payload):
+            finishes.update(dict.fromkeys(range(choices), "content_filter"))
+        for position, candidate in enumerate(payload.get("candidates") or []):
+            index = candidate.get("index", position)
+            text, found = _parts(candidate.get("content"))
+            if text:
+                yield chunk(index, Delta(content=text))
+            for call in found:
+                tool_call = _tool_call(call)
+                function = FunctionCallDelta(**tool_call.function.model_dump())
+                delta = ToolCallDelta(
+                    index=calls.get(index, 0), id=tool_call.id, type="function", function=function
+                )
+                calls[index] = calls.get(index, 0) + 1
+                yield chunk(index, Delta(tool_calls=[delta]))
+            if candidate.get("finishReason"):
+                finishes[index] = _FINISH_REASONS.get(candidate["finishReason"], "stop")
+    if not finishes:
+        raise UpstreamError("Gemini's stream ended before any candidate finished")
+    for index in sorted(finishes.keys() | set(range(choices))):
+        finish = _with_calls(finishes.get(index, "stop"), calls.get(index, 0) > 0)
+        yield chunk(index, Delta(), finish)
+    if usage:
+        yield ChatCompletionChunk(id=ident, created=created, model=model, usage=_usage(usage))
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _error_details(response: requests.Response) -> list[dict[str, Any]]:
+    """The ``google.rpc`` details of an error body (ErrorInfo, RetryInfo, …)."""
+    try:
+        details = response.json()["error"]["details"]
+    except (ValueError, KeyError, TypeError):
+        return []
+    return [detail for detail in details if isinstance(detail, dict)] if isinstance(details, list) else []
+
+
+def _retry_delay(details: list[dict[str, Any]]) -> float | None:
+    for detail in details:
+        delay = detail.get("retryDelay")  # RetryInfo, as a protobuf Duration: "37s", "0.5s"
+        if isinstance(delay, str) and delay.endswith("s"):
+            try:
+                return max(0.0, float(delay[:-1]))
+            except ValueError:
+                return None
+    return None
