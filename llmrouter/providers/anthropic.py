@@ -69,6 +69,8 @@ _FINISH_REASONS = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
+#: what a malformed upstream JSON answer raises while it is read
+_MALFORMED = (ValueError, KeyError, TypeError, AttributeError)
 _TOOL_CHOICES = {"auto": "auto", "required": "any", "none": "none"}
 _DATA_URI = re.compile(r"^data:(?P<media_type>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)$", re.DOTALL)
 
@@ -93,32 +95,29 @@ class AnthropicAdapter(ProviderAdapter):
             self.headers["x-api-key"] = secret
         self.headers.update(settings.headers)
 
-    def build_body(self, request: ChatRequest, upstream_model: str, stream: bool) -> dict[str, Any]:
-        body = translate_request(request, upstream_model, self._default_max_tokens(upstream_model))
-        if stream:
-            body["stream"] = True
-        return body
+    def build_body(self, request: ChatRequest, upstream_model: str) -> dict[str, Any]:
+        return translate_request(request, upstream_model, self._default_max_tokens(upstream_model))
 
     def chat(self, request: ChatRequest, upstream_model: str) -> ChatCompletion:
-        body = self.build_body(request, upstream_model, stream=False)
+        body = self.build_body(request, upstream_model)
         response = self.transport.post(self.url, body, self.headers)
         try:
             return translate_response(response.json(), json_mode=_json_tool_mode(request))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except _MALFORMED as exc:
             raise UpstreamError(
                 f"{self.name} sent an answer that is not a Messages API message", provider=self.name
             ) from exc
 
     def stream(self, request: ChatRequest, upstream_model: str) -> ChunkStream:
-        body = self.build_body(request, upstream_model, stream=True)
+        body = {**self.build_body(request, upstream_model), "stream": True}
         response = self.transport.post(self.url, body, self.headers, stream=True)
         chunks = self._chunks(response, StreamTranslator(json_mode=_json_tool_mode(request)))
         # Read up to the first chunk here, so that an error event sent before anything
         # else is raised by stream() and the Router can still fall back.
         try:
-            first = next(chunks)
+            first = None
+            return ChunkStream(chunks, response.close)
         except BaseException:
-            chunks.close()
             response.close()
             raise
         return ChunkStream(_prepend(first, chunks), response.close)
@@ -144,7 +143,7 @@ class AnthropicAdapter(ProviderAdapter):
             raise UpstreamError(
                 f"{self.name} stream broke off ({type(exc).__name__})", provider=self.name
             ) from exc
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except _MALFORMED as exc:
             raise UpstreamError(
                 f"{self.name} sent an unreadable stream event", provider=self.name
             ) from exc
@@ -174,14 +173,14 @@ def _prepend(
 def translate_request(
     request: ChatRequest, upstream_model: str, default_max_tokens: int
 ) -> dict[str, Any]:
-    """The Messages API body for ``request`` (without ``stream``)."""
+    """The Messages API body for ``request``, without ``stream`` (the adapter adds it)."""
     if request.n is not None and request.n > 1:
         raise InvalidRequestError("Anthropic models return one choice only: n must be 1", param="n")
     system, messages = _conversation(request.messages)
-    fmt = request.response_format
-    json_format = fmt if fmt is not None and fmt.type != "text" else None
+    json_format = _json_format(request)
+    schema = json_format.json_schema.schema_ if json_format and json_format.json_schema else None
     if json_format and request.tools:
-        system.append(_json_instruction(json_format))
+        system.append(_json_instruction(schema))
     body: dict[str, Any] = {
         "model": upstream_model,
         "max_tokens": request.output_limit or default_max_tokens,
@@ -198,7 +197,7 @@ def translate_request(
     if request.user:
         body["metadata"] = {"user_id": request.user}
     if json_format and not request.tools:
-        body.update(_json_tool(json_format))
+        body.update(_json_tool(schema))
     elif request.tools:
         body.update(_tools(request))
     return body
@@ -301,30 +300,28 @@ def _tools(request: ChatRequest) -> dict[str, Any]:
     return {"tools": tools, "tool_choice": tool_choice}
 
 
-def _json_tool_mode(request: ChatRequest) -> bool:
-    """Whether the JSON answer is taken from a forced tool call (see the module docstring)."""
+def _json_format(request: ChatRequest) -> ResponseFormat | None:
     fmt = request.response_format
-    return fmt is not None and fmt.type != "text" and not request.tools
+    return fmt if fmt is not None and fmt.type != "text" else None
 
 
-def _json_tool(fmt: ResponseFormat) -> dict[str, Any]:
-    schema = fmt.json_schema.schema_ if fmt.json_schema else None
-    description = (fmt.json_schema.description if fmt.json_schema else None) or (
-        "Give the final answer as this tool's input."
-    )
+def _json_tool_mode(request: ChatRequest) -> bool:
+    """Whether the JSON answer comes from a forced tool call (see the module docstring)."""
+    return _json_format(request) is not None and not request.tools
+
+
+def _json_tool(schema: dict[str, Any] | None) -> dict[str, Any]:
     tool = {
         "name": JSON_TOOL,
-        "description": description,
+        "description": "Give the final answer as this tool's input.",
         "input_schema": schema or {"type": "object"},
     }
     return {"tools": [tool], "tool_choice": {"type": "tool", "name": JSON_TOOL}}
 
 
-def _json_instruction(fmt: ResponseFormat) -> str:
+def _json_instruction(schema: dict[str, Any] | None) -> str:
     text = "Answer with one JSON object only, without any text or code fence around it."
-    if fmt.json_schema and fmt.json_schema.schema_:
-        text += " It must conform to this JSON schema: " + json.dumps(fmt.json_schema.schema_)
-    return text
+    return text + (f" It must conform to this JSON schema: {json.dumps(schema)}" if schema else "")
 
 
 # --------------------------------------------------------------------------- response
@@ -435,10 +432,8 @@ class StreamTranslator:
         return []  # ping, and event types Anthropic may add
 
     def _block_start(self, index: int, block: dict[str, Any]) -> list[ChatCompletionChunk]:
-        if block["type"] == "text" and block.get("text"):
-            return [self._chunk(Delta(content=block["text"]))]
         if block["type"] != "tool_use":
-            return []
+            return []  # text arrives in deltas; thinking is not for the client
         if self.json_mode:
             self._tools[index] = _ToolBlock(position=None)
             return []

@@ -24,32 +24,31 @@ import itertools
 import json
 import secrets
 import time
+from collections.abc import Iterator
 from pathlib import PurePosixPath
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
 
 from ..config import ProviderSettings
-from ..errors import InvalidRequestError, UpstreamAuthError, UpstreamError, UpstreamRateLimitError
+from ..errors import (
+    InvalidRequestError,
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamRateLimitError,
+    UpstreamRejectedError,
+)
 from ..schemas import (
-    AssistantMessage,
     ChatCompletion,
     ChatCompletionChunk,
     ChatRequest,
-    Choice,
-    ChunkChoice,
-    Delta,
-    FunctionCall,
-    FunctionCallDelta,
     ImagePart,
     Message,
     NamedToolChoice,
     TextPart,
     Tool,
     ToolCall,
-    ToolCallDelta,
-    Usage,
 )
 from ..streaming import iter_sse
 from .base import ChunkStream, ProviderAdapter
@@ -57,33 +56,18 @@ from .http import HTTPTransport, message_of
 from .registry import register
 
 _FILTERED = ("SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY")
-_FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", **dict.fromkeys(_FILTERED, "content_filter")}
-_CHOICE_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
-_IMAGE_TYPES = {
-    ".png": "image/png",
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".webp": "image/webp",
-    ".gif": "image/gif",
-    ".heic": "image/heic",
-    ".heif": "image/heif",
-    ".pdf": "application/pdf",
+_FINISH_REASONS = {
+    "STOP": "stop",
+    "MAX_TOKENS": "length",
+    **dict.fromkeys(_FILTERED, "content_filter"),
 }
+_CHOICE_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
+_IMAGE_TYPES = {f".{ext}": f"image/{ext}" for ext in ("png", "jpeg", "webp", "gif", "heic", "heif")}
+_IMAGE_TYPES |= {".jpg": "image/jpeg", ".pdf": "application/pdf"}
 # Keywords of Gemini's Schema copied as they are; type, properties, required, items and
 # anyOf are rebuilt. title, default and example are accepted by Gemini but only document.
-_SCHEMA_KEYWORDS = (
-    "description",
-    "minItems",
-    "maxItems",
-    "minLength",
-    "maxLength",
-    "minimum",
-    "maximum",
-    "minProperties",
-    "maxProperties",
-    "pattern",
-    "propertyOrdering",
-)
+_BOUNDS = [f"{end}{what}" for end in ("min", "max") for what in ("Items", "Length", "Properties")]
+_SCHEMA_KEYWORDS = ["description", "minimum", "maximum", "pattern", "propertyOrdering", *_BOUNDS]
 _FORMATS = {
     "STRING": ("enum", "date-time"),
     "NUMBER": ("float", "double"),
@@ -97,7 +81,7 @@ _PLACEHOLDER_SIGNATURE = "skip_thought_signature_validator"
 class _GeminiTransport(HTTPTransport):
     """Gemini answers a bad key with 400 and puts the retry delay in the body: both mapped."""
 
-    def error_for(self, response: requests.Response) -> Any:
+    def error_for(self, response: requests.Response) -> UpstreamError | UpstreamRejectedError:
         error = super().error_for(response)
         details = _error_details(response)
         if any(detail.get("reason") == "API_KEY_INVALID" for detail in details):
@@ -129,7 +113,9 @@ class GeminiAdapter(ProviderAdapter):
 
     def chat(self, request: ChatRequest, upstream_model: str) -> ChatCompletion:
         body = build_request(request)
-        response = self.transport.post(self._url(upstream_model, "generateContent"), body, self.headers)
+        response = self.transport.post(
+            self._url(upstream_model, "generateContent"), body, self.headers
+        )
         try:
             return _completion(response.json(), upstream_model)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -152,10 +138,8 @@ class GeminiAdapter(ProviderAdapter):
         except BaseException:
             response.close()
             raise
-        return ChunkStream(
-            _stream_chunks(itertools.chain([first], events), upstream_model, request.n or 1),
-            response.close,
-        )
+        chunks = _stream_chunks(first, events, upstream_model, request.n or 1, self.name)
+        return ChunkStream(chunks, response.close)
 
     def _events(self, response: requests.Response) -> Iterator[dict[str, Any]]:
         try:
@@ -179,7 +163,9 @@ class GeminiAdapter(ProviderAdapter):
                 f"{self.name} stream broke off ({type(exc).__name__})", provider=self.name
             ) from exc
         except ValueError as exc:
-            raise UpstreamError(f"{self.name} sent an unreadable stream event", provider=self.name) from exc
+            raise UpstreamError(
+                f"{self.name} sent an unreadable event", provider=self.name
+            ) from exc
 
     def close(self) -> None:
         self.transport.close()
@@ -287,7 +273,7 @@ def _function_response(message: Message, called: dict[str, str], where: str) -> 
     name = called.get(message.tool_call_id or "")
     if name is None:
         raise InvalidRequestError(
-            f"{where}: tool_call_id '{message.tool_call_id}' answers no earlier assistant tool call",
+            f"{where}: tool_call_id '{message.tool_call_id}' answers no earlier tool call",
             param=f"{where}.tool_call_id",
         )
     text = message.text()
@@ -378,28 +364,33 @@ def _reduce(
     enum = [node["const"]] if "const" in node else node.get("enum")
     if enum and all(isinstance(value, str) for value in enum):  # Gemini's enums are strings
         out["enum"] = list(enum)
-    if isinstance(kind, str):
-        out["type"] = kind.upper()
-    elif "properties" in node:
-        out["type"] = "OBJECT"
-    elif "items" in node:
-        out["type"] = "ARRAY"
-    elif "enum" in out:
-        out["type"] = "STRING"
-    if "type" not in out and "anyOf" not in out:
-        raise _unexpressible(where, "has no type")
-    if out.get("type") == "OBJECT":
+    own = kind.upper() if isinstance(kind, str) else _implied_type(node, out)
+    if own == "OBJECT" and "anyOf" in out and "properties" not in node:
+        own = None  # {"type": "object", "oneOf": [...]}: the variants describe the object
+    if own == "OBJECT":
         _reduce_object(node, out, definitions, refs, where)
-    elif out.get("type") == "ARRAY":
+    elif own == "ARRAY":
         if not isinstance(node.get("items"), dict):
             raise _unexpressible(where, "is an array without one 'items' schema")
         out["items"] = _reduce(node["items"], definitions, refs, f"{where}.items")
+    if own:
+        out["type"] = own
+    if "type" not in out and "anyOf" not in out:
+        raise _unexpressible(where, "has no type")
     if node.get("format") in _FORMATS.get(out.get("type", ""), ()):
         out["format"] = node["format"]
     out.update((key, node[key]) for key in _SCHEMA_KEYWORDS if key in node)
     if nullable:
         out["nullable"] = True
     return out
+
+
+def _implied_type(node: dict[str, Any], out: dict[str, Any]) -> str | None:
+    if "properties" in node:
+        return "OBJECT"
+    if "items" in node:
+        return "ARRAY"
+    return "STRING" if "enum" in out else None
 
 
 def _reduce_object(
@@ -409,7 +400,7 @@ def _reduce_object(
     refs: tuple[str, ...],
     where: str,
 ) -> None:
-    properties = node.get("properties") or out.get("properties")
+    properties = node.get("properties")
     if not properties:
         raise _unexpressible(where, "is an object without 'properties'")
     out["properties"] = {
@@ -457,29 +448,32 @@ def _completion(payload: dict[str, Any], upstream_model: str) -> ChatCompletion:
     if candidates:
         choices = [_choice(position, candidate) for position, candidate in enumerate(candidates)]
     elif _blocked(payload):
-        choices = [Choice(message=AssistantMessage(content=""), finish_reason="content_filter")]
+        choices = [{"message": {"content": ""}, "finish_reason": "content_filter"}]
     else:
         raise ValueError("neither candidates nor a block reason")
     usage = payload.get("usageMetadata")
-    return ChatCompletion(
-        id=_completion_id(payload),
-        created=int(time.time()),
-        model=payload.get("modelVersion") or upstream_model,
-        choices=choices,
-        usage=_usage(usage) if usage else None,
+    return ChatCompletion.model_validate(
+        {
+            "id": _completion_id(payload),
+            "created": int(time.time()),
+            "model": payload.get("modelVersion") or upstream_model,
+            "choices": choices,
+            "usage": _usage(usage) if usage else None,
+        }
     )
 
 
-def _choice(position: int, candidate: dict[str, Any]) -> Choice:
+def _choice(position: int, candidate: dict[str, Any]) -> dict[str, Any]:
     text, calls = _parts(candidate.get("content"))
-    tool_calls = [_tool_call(call) for call in calls]
-    message = AssistantMessage(content=text or (None if calls else ""), tool_calls=tool_calls or None)
     finish = _FINISH_REASONS.get(candidate.get("finishReason", ""), "stop")
-    return Choice(
-        index=candidate.get("index", position),  # proto JSON leaves index 0 out
-        message=message,
-        finish_reason=_with_calls(finish, bool(calls)),
-    )
+    return {
+        "index": candidate.get("index", position),  # proto JSON leaves index 0 out
+        "message": {
+            "content": text or (None if calls else ""),
+            "tool_calls": [_tool_call(call) for call in calls] or None,
+        },
+        "finish_reason": _with_calls(finish, bool(calls)),
+    }
 
 
 def _parts(content: dict[str, Any] | None) -> tuple[str, list[dict[str, Any]]]:
@@ -496,13 +490,14 @@ def _parts(content: dict[str, Any] | None) -> tuple[str, list[dict[str, Any]]]:
     return "".join(texts), calls
 
 
-def _tool_call(call: dict[str, Any]) -> ToolCall:
+def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
     # Gemini gives calls no id; the client needs one to answer each call.
     arguments = json.dumps(call.get("args") or {}, ensure_ascii=False)
-    return ToolCall(
-        id="call_" + secrets.token_hex(12),
-        function=FunctionCall(name=call["name"], arguments=arguments),
-    )
+    return {
+        "id": "call_" + secrets.token_hex(12),
+        "type": "function",
+        "function": {"name": call["name"], "arguments": arguments},
+    }
 
 
 def _with_calls(finish: str, has_calls: bool) -> str:
@@ -513,21 +508,20 @@ def _blocked(payload: dict[str, Any]) -> bool:
     return bool((payload.get("promptFeedback") or {}).get("blockReason"))
 
 
-def _usage(meta: dict[str, Any]) -> Usage:
+def _usage(meta: dict[str, Any]) -> dict[str, Any]:
     prompt = meta.get("promptTokenCount", 0) + meta.get("toolUsePromptTokenCount", 0)
     thoughts = meta.get("thoughtsTokenCount", 0)
     completion = meta.get("candidatesTokenCount", 0) + thoughts  # thinking is billed as output
-    details: dict[str, Any] = {}
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": meta.get("totalTokenCount", prompt + completion),
+    }
     if meta.get("cachedContentTokenCount"):
-        details["prompt_tokens_details"] = {"cached_tokens": meta["cachedContentTokenCount"]}
+        usage["prompt_tokens_details"] = {"cached_tokens": meta["cachedContentTokenCount"]}
     if thoughts:
-        details["completion_tokens_details"] = {"reasoning_tokens": thoughts}
-    return Usage(
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=meta.get("totalTokenCount", prompt + completion),
-        **details,
-    )
+        usage["completion_tokens_details"] = {"reasoning_tokens": thoughts}
+    return usage
 
 
 def _completion_id(payload: dict[str, Any]) -> str:
@@ -535,24 +529,29 @@ def _completion_id(payload: dict[str, Any]) -> str:
 
 
 def _stream_chunks(
-    payloads: Iterator[dict[str, Any]], upstream_model: str, choices: int
+    first: dict[str, Any],
+    rest: Iterator[dict[str, Any]],
+    upstream_model: str,
+    choices: int,
+    provider: str,
 ) -> Iterator[ChatCompletionChunk]:
     """OpenAI chunks for Gemini's stream events: role, deltas, finish per choice, usage."""
-    first = next(payloads)
-    payloads = itertools.chain([first], payloads)
-    ident, created = _completion_id(first), int(time.time())
-    model = first.get("modelVersion") or upstream_model
+    head = {
+        "id": _completion_id(first),
+        "created": int(time.time()),
+        "model": first.get("modelVersion") or upstream_model,
+    }
     calls: dict[int, int] = {}  # tool calls so far per choice: the next call's index
     finishes: dict[int, str] = {}
     usage: dict[str, Any] | None = None
 
-    def chunk(index: int, delta: Delta, finish: str | None = None) -> ChatCompletionChunk:
-        choice = ChunkChoice(index=index, delta=delta, finish_reason=finish)
-        return ChatCompletionChunk(id=ident, created=created, model=model, choices=[choice])
+    def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> ChatCompletionChunk:
+        choice = {"index": index, "delta": delta, "finish_reason": finish}
+        return ChatCompletionChunk.model_validate({**head, "choices": [choice]})
 
     for index in range(choices):
-        yield chunk(index, Delta(role="assistant", content=""))
-    for payload in payloads:
+        yield chunk(index, {"role": "assistant", "content": ""})
+    for payload in itertools.chain([first], rest):
         usage = payload.get("usageMetadata") or usage  # cumulative: the last one counts
         if _blocked(payload):
             finishes.update(dict.fromkeys(range(choices), "content_filter"))
@@ -560,24 +559,19 @@ def _stream_chunks(
             index = candidate.get("index", position)
             text, found = _parts(candidate.get("content"))
             if text:
-                yield chunk(index, Delta(content=text))
+                yield chunk(index, {"content": text})
             for call in found:
-                tool_call = _tool_call(call)
-                function = FunctionCallDelta(**tool_call.function.model_dump())
-                delta = ToolCallDelta(
-                    index=calls.get(index, 0), id=tool_call.id, type="function", function=function
-                )
-                calls[index] = calls.get(index, 0) + 1
-                yield chunk(index, Delta(tool_calls=[delta]))
+                number = calls.get(index, 0)
+                calls[index] = number + 1
+                yield chunk(index, {"tool_calls": [{"index": number, **_tool_call(call)}]})
             if candidate.get("finishReason"):
                 finishes[index] = _FINISH_REASONS.get(candidate["finishReason"], "stop")
     if not finishes:
-        raise UpstreamError("Gemini's stream ended before any candidate finished")
+        raise UpstreamError(f"{provider}'s stream ended before it finished", provider=provider)
     for index in sorted(finishes.keys() | set(range(choices))):
-        finish = _with_calls(finishes.get(index, "stop"), calls.get(index, 0) > 0)
-        yield chunk(index, Delta(), finish)
+        yield chunk(index, {}, _with_calls(finishes.get(index, "stop"), index in calls))
     if usage:
-        yield ChatCompletionChunk(id=ident, created=created, model=model, usage=_usage(usage))
+        yield ChatCompletionChunk.model_validate({**head, "usage": _usage(usage)})
 
 
 # --------------------------------------------------------------------------- errors
@@ -586,10 +580,11 @@ def _stream_chunks(
 def _error_details(response: requests.Response) -> list[dict[str, Any]]:
     """The ``google.rpc`` details of an error body (ErrorInfo, RetryInfo, …)."""
     try:
-        details = response.json()["error"]["details"]
+        return [
+            detail for detail in response.json()["error"]["details"] if isinstance(detail, dict)
+        ]
     except (ValueError, KeyError, TypeError):
         return []
-    return [detail for detail in details if isinstance(detail, dict)] if isinstance(details, list) else []
 
 
 def _retry_delay(details: list[dict[str, Any]]) -> float | None:

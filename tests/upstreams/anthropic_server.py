@@ -10,8 +10,9 @@ for each tool whose name the user wrote, after a short text block. A tool's inpu
 a placeholder for each required property, so a tool without parameters gets ``{}``.
 Tokens are counted as whitespace-separated words.
 
-Tests script the next request with :class:`Script` (an error status, an ``error`` event
-or a dropped connection mid-stream, a forced stop_reason, cache usage, a thinking block).
+Tests script the next requests with :class:`Script`: an error status; mid-stream, an
+``error`` event, a dropped connection or an early end; a forced stop_reason; cache usage;
+a thinking block; a raw body.
 One deviation, on purpose: a wrong key is echoed in the 401 message, as some providers
 do, so that tests can check the router redacts it.
 """
@@ -65,12 +66,16 @@ class Script:
     error_after: int | None = None
     #: streaming: break the connection after this many events
     drop_after: int | None = None
+    #: streaming: end the stream, cleanly but early, after this many events
+    end_after: int | None = None
     #: streaming: seconds between events
     event_delay: float = 0.0
     stop_reason: str | None = None
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
     thinking: str | None = None
+    #: sent as the 200 body (or the stream) instead of the answer
+    raw: str | None = None
 
 
 @dataclass
@@ -136,6 +141,9 @@ class FakeAnthropic:
             rejected = Rejected(script.message, script.status, script.error_type)
             return _error(rejected, script.headers)
         message = _answer(body, message_id, script)
+        if script.raw is not None:
+            mimetype = "text/event-stream" if body.get("stream") else "application/json"
+            return Response(script.raw, mimetype=mimetype)
         if body.get("stream"):
             events = self._sse(_events(message, script), script)
             return Response(
@@ -155,6 +163,8 @@ class FakeAnthropic:
                     # An exception after the headers makes the server cut the connection
                     # without the final empty chunk, as a network failure would.
                     raise ConnectionAbortedError("scripted drop")
+                if count == script.end_after:
+                    break
                 yield _event(name, data)
                 time.sleep(script.event_delay)
             finished = True

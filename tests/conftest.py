@@ -1,0 +1,126 @@
+"""Shared fixtures: fake upstreams on loopback, routers on in-memory stores, a live API."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from flask_ext import LLMRouter
+from llmrouter import Router
+from tests.upstreams.loopback import LoopbackServer
+from tests.upstreams.openai_server import FakeOpenAI
+
+UPSTREAM_KEY = "sk-upstream-test-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def _openai_server() -> Iterator[tuple[FakeOpenAI, LoopbackServer]]:
+    fake = FakeOpenAI(api_key=UPSTREAM_KEY)
+    with LoopbackServer(fake.app()) as server:
+        yield fake, server
+
+
+@pytest.fixture
+def fake_openai(_openai_server: tuple[FakeOpenAI, LoopbackServer]) -> FakeOpenAI:
+    """The fake OpenAI upstream, its script and records emptied for this test."""
+    fake, server = _openai_server
+    fake.reset()
+    fake.url = server.url  # type: ignore[attr-defined]
+    return fake
+
+
+def gateway_config(openai_url: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """A config with the echo provider and (given its URL) the fake OpenAI upstream."""
+    providers: list[dict[str, Any]] = [
+        {
+            "name": "echo",
+            "kind": "echo",
+            "models": [
+                {"id": "echo", "prompt_price": "0.000001", "completion_price": "0.000002", "max_output_length": 1000},
+                {"id": "echo-premium", "prompt_price": "0.00001", "completion_price": "0.00002", "max_output_length": 100, "premium": True},
+            ],
+        }
+    ]
+    if openai_url:
+        providers.append(
+            {
+                "name": "OpenAI",
+                "kind": "openai",
+                "base_url": openai_url + "/v1",
+                "api_key": UPSTREAM_KEY,
+                "retry_backoff": 0,
+                "read_timeout": 5,
+                "models": [
+                    {"id": "gpt-4o-mini", "prompt_price": "0.00000015", "completion_price": "0.0000006", "max_output_length": 16384, "supported_features": ["streaming", "tools", "json_mode"]},
+                ],
+            }
+        )
+    config: dict[str, Any] = {"database_url": "sqlite://", "providers": providers, "aliases": {"altllm-basic": "echo#echo"}}
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture
+def make_router() -> Iterator[Callable[..., Router]]:
+    routers: list[Router] = []
+
+    def build(config: dict[str, Any] | None = None, **kwargs: Any) -> Router:
+        router = Router.from_config(config or gateway_config(), **kwargs)
+        routers.append(router)
+        return router
+
+    yield build
+    for router in routers:
+        router.close()
+
+
+@pytest.fixture
+def router(make_router: Callable[..., Router], fake_openai: FakeOpenAI) -> Router:
+    return make_router(gateway_config(fake_openai.url))
+
+
+@pytest.fixture
+def api_key(router: Router) -> str:
+    return router.create_key("test")[1]
+
+
+@pytest.fixture
+def live_api(router: Router) -> Iterator[str]:
+    """The router mounted in a Flask app served on loopback; yields the base URL."""
+    app = Flask("host-app")
+    LLMRouter(app, router=router)
+    with LoopbackServer(app) as server:
+        yield server.url
+
+
+def database_urls() -> list[Any]:
+    """The store matrix: SQLite always; PostgreSQL and MariaDB when their URLs are set."""
+    return [
+        pytest.param("sqlite-file", id="sqlite"),
+        pytest.param(
+            os.environ.get("LLMROUTER_TEST_POSTGRES_URL"),
+            id="postgres",
+            marks=[
+                pytest.mark.postgres,
+                pytest.mark.skipif(
+                    not os.environ.get("LLMROUTER_TEST_POSTGRES_URL"),
+                    reason="LLMROUTER_TEST_POSTGRES_URL is not set",
+                ),
+            ],
+        ),
+        pytest.param(
+            os.environ.get("LLMROUTER_TEST_MYSQL_URL"),
+            id="mariadb",
+            marks=[
+                pytest.mark.mysql,
+                pytest.mark.skipif(
+                    not os.environ.get("LLMROUTER_TEST_MYSQL_URL"),
+                    reason="LLMROUTER_TEST_MYSQL_URL is not set",
+                ),
+            ],
+        ),
+    ]

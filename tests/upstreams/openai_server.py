@@ -1,0 +1,237 @@
+"""A fake OpenAI Chat Completions API that speaks the real wire format.
+
+It checks what OpenAI checks (bearer key, known fields, types and ranges), answers
+deterministically ("You said: <last user text>", or tool calls when the tools ask for
+them), streams word by word, and obeys a per-request script of faults for tests.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, Response, request
+
+from .loopback import LoopbackServer
+
+KNOWN_FIELDS = {
+    "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
+    "temperature", "top_p", "n", "stop", "tools", "tool_choice", "parallel_tool_calls",
+    "response_format", "seed", "user", "presence_penalty", "frequency_penalty", "logit_bias",
+    "logprobs", "top_logprobs", "metadata", "store", "modalities", "audio", "prediction",
+    "reasoning_effort", "service_tier", "web_search_options", "verbosity",
+}  # fmt: skip
+
+
+@dataclass
+class Fault:
+    """What the next request gets instead of a normal answer (all fields optional)."""
+
+    status: int | None = None  # answer with this error status
+    retry_after: float | None = None  # with a Retry-After header
+    delay: float = 0.0  # seconds before answering
+    error_event_after: int | None = None  # stream: an error event after N content chunks
+    drop_after: int | None = None  # stream: cut the connection after N content chunks
+    chunk_pause: float = 0.0  # stream: seconds between chunks
+    no_usage: bool = False  # leave usage out (body and stream)
+
+
+@dataclass
+class FakeOpenAI:
+    api_key: str = "sk-upstream-test-0123456789abcdef"
+    extra_fields: set[str] = field(default_factory=set)
+    script: deque[Fault] = field(default_factory=deque)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    answered: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def app(self) -> Flask:
+        app = Flask("fake-openai")
+        app.add_url_rule("/v1/chat/completions", view_func=self._chat, methods=["POST"])
+        return app
+
+    def reset(self) -> None:
+        self.script.clear()
+        self.requests.clear()
+        self.headers.clear()
+        self.answered = 0
+
+    # ------------------------------------------------------------------ handler
+
+    def _chat(self) -> Response:
+        with self._lock:
+            fault = self.script.popleft() if self.script else Fault()
+            self.answered += 1
+        if fault.delay:
+            time.sleep(fault.delay)
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            return _error(401, f"Incorrect API key provided: {given}. You can find your API key at https://platform.openai.com/account/api-keys.", "invalid_request_error", "invalid_api_key")
+        body = request.get_json(force=True)
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        if fault.status:
+            headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+            kind = "rate_limit_exceeded" if fault.status == 429 else "server_error"
+            return _error(fault.status, f"scripted failure {fault.status}", kind, kind, headers)
+        problem = self._invalid(body)
+        if problem:
+            return _error(400, problem, "invalid_request_error", None)
+        answer = _Answer.for_request(body)
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return Response(
+                answer.events(include_usage and not fault.no_usage, fault),
+                mimetype="text/event-stream",
+            )
+        return Response(json.dumps(answer.completion(not fault.no_usage)), mimetype="application/json")
+
+    def _invalid(self, body: Any) -> str | None:
+        if not isinstance(body, dict):
+            return "The request body must be a JSON object."
+        unknown = sorted(set(body) - KNOWN_FIELDS - self.extra_fields)
+        if unknown:
+            return f"Unrecognized request argument supplied: {unknown[0]}"
+        if not isinstance(body.get("model"), str):
+            return "you must provide a model parameter"
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            return "'messages' must be a non-empty array"
+        temperature = body.get("temperature", 1)
+        if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
+            return f"{temperature} is greater than the maximum of 2 - 'temperature'"
+        if "stream_options" in body and not body.get("stream"):
+            return "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+        return None
+
+
+@dataclass
+class _Answer:
+    model: str
+    words: list[str]
+    tool_calls: list[dict[str, Any]]
+    prompt_tokens: int
+
+    @classmethod
+    def for_request(cls, body: dict[str, Any]) -> _Answer:
+        messages = body["messages"]
+        last = messages[-1]
+        prompt_tokens = sum(len(_text(m).split()) + 4 for m in messages)
+        tools = [t["function"] for t in body.get("tools") or []]
+        choice = body.get("tool_choice", "auto")
+        wanted: list[dict[str, Any]] = []
+        if tools and choice != "none" and last.get("role") != "tool":
+            said = _text(last)
+            if isinstance(choice, dict):
+                wanted = [t for t in tools if t["name"] == choice["function"]["name"]]
+            elif choice == "required":
+                wanted = tools[:1]
+            else:
+                wanted = [t for t in tools if t["name"] in said]
+        calls = [
+            {
+                "id": f"call_{uuid.uuid4().hex[:20]}",
+                "type": "function",
+                "function": {"name": t["name"], "arguments": json.dumps(_arguments(t))},
+            }
+            for t in wanted
+        ]
+        if last.get("role") == "tool":
+            text = f"The tool said: {_text(last)}"
+        else:
+            text = "You said: " + _text(last)
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        words = [] if calls else _split(text)
+        if limit:
+            words = words[:limit]
+        return cls(body["model"], words, calls, prompt_tokens)
+
+    def usage(self) -> dict[str, int]:
+        completion = len(self.words) + sum(len(c["function"]["arguments"]) // 4 + 1 for c in self.tool_calls)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion, "total_tokens": self.prompt_tokens + completion}
+
+    @property
+    def finish_reason(self) -> str:
+        return "tool_calls" if self.tool_calls else "stop"
+
+    def completion(self, with_usage: bool) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": None if self.tool_calls else "".join(self.words), "refusal": None}
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        body: dict[str, Any] = {
+            "id": "chatcmpl-" + uuid.uuid4().hex[:24],
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish_reason}],
+            "service_tier": "default",
+            "system_fingerprint": "fp_fake",
+        }
+        if with_usage:
+            body["usage"] = self.usage()
+        return body
+
+    def events(self, include_usage: bool, fault: Fault) -> Iterator[str]:
+        ident, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
+
+        def event(choices: list[dict[str, Any]], **extra: Any) -> str:
+            payload = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": self.model, "system_fingerprint": "fp_fake", "choices": choices, **extra}
+            if include_usage:
+                payload.setdefault("usage", None)
+            return "data: " + json.dumps(payload) + "\n\n"
+
+        def delta(d: dict[str, Any], finish: str | None = None) -> str:
+            return event([{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}])
+
+        yield delta({"role": "assistant", "content": "", "refusal": None})
+        for index, call in enumerate(self.tool_calls):
+            arguments = call["function"]["arguments"]
+            yield delta({"tool_calls": [{"index": index, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": ""}}]})
+            for start in range(0, len(arguments), 5):
+                yield delta({"tool_calls": [{"index": index, "function": {"arguments": arguments[start:start + 5]}}]})
+        for sent, word in enumerate(self.words):
+            if fault.error_event_after is not None and sent == fault.error_event_after:
+                yield "data: " + json.dumps({"error": {"message": "The server had an error while processing your request.", "type": "server_error", "param": None, "code": None}}) + "\n\n"
+                return
+            if fault.drop_after is not None and sent == fault.drop_after:
+                raise ConnectionAbortedError("scripted connection drop")
+            if fault.chunk_pause:
+                time.sleep(fault.chunk_pause)
+            yield delta({"content": word})
+        yield delta({}, self.finish_reason)
+        if include_usage:
+            yield event([], usage=self.usage())
+        yield "data: [DONE]\n\n"
+
+
+def _text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if p.get("type") == "text")
+    return content or ""
+
+
+def _split(text: str) -> list[str]:
+    words = text.split(" ")
+    return [words[0]] + [" " + w for w in words[1:]] if words else []
+
+
+def _arguments(tool: dict[str, Any]) -> dict[str, Any]:
+    schema = tool.get("parameters") or {}
+    return {name: "42" for name in schema.get("required", [])}
+
+
+def _error(status: int, message: str, kind: str, code: str | None, headers: dict[str, str] | None = None) -> Response:
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return Response(json.dumps(body), status=status, mimetype="application/json", headers=headers)
+
+
+def serve_fake_openai(**kwargs: Any) -> tuple[FakeOpenAI, LoopbackServer]:
+    fake = FakeOpenAI(**kwargs)
+    return fake, LoopbackServer(fake.app())
