@@ -1,4 +1,5 @@
-"""A standalone app serving one Router: ``llmrouter serve`` and ``gunicorn 'flask_ext.app:create_app()'``."""
+"""A standalone app serving one Router, for ``llmrouter serve`` and for production:
+``gunicorn 'flask_ext.app:create_app()'``."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ def create_app(config: str | os.PathLike[str] | Mapping[str, Any] | None = None)
     """An app with the API at ``/v1`` and at the root; ``config`` defaults to
     ``$LLMROUTER_CONFIG``, then the embedded default (SQLite file + echo provider)."""
     app = Flask("llmrouter")
-    router = Router.from_config(config if config is not None else os.environ.get("LLMROUTER_CONFIG"))
+    router = Router.from_config(
+        config if config is not None else os.environ.get("LLMROUTER_CONFIG")
+    )
     LLMRouter(app, router=router)
     # The whole app is ours: routes nobody registered get OpenAI's error body too.
     app.register_error_handler(404, error_response)

@@ -14,8 +14,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from llmrouter import __version__
-from llmrouter import usage
+from llmrouter import __version__, usage
 from llmrouter.errors import (
     InvalidRequestError,
     LLMRouterError,
@@ -37,7 +36,9 @@ def router() -> Router:
     return current_app.extensions["llmrouter"].router
 
 
-def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    payload: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     body = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
     return Response(body, status=status, mimetype="application/json", headers=headers)
 
@@ -105,9 +106,15 @@ def build_blueprint(name: str, *, catch_all: bool) -> Blueprint:
             return Response(
                 _event_stream(result.body),
                 mimetype="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **result.headers()},
+                headers={
+                    "Cache-Control": "no-cache",
+                    "X-Accel-Buffering": "no",
+                    **result.headers(),
+                },
             )
-        return json_response(result.body.model_dump_json(exclude_none=True), headers=result.headers())
+        return json_response(
+            result.body.model_dump_json(exclude_none=True), headers=result.headers()
+        )
 
     @bp.route("/models", methods=_ANY_METHOD)
     def list_models() -> Response:

@@ -8,9 +8,8 @@ from typing import Any
 
 from flask import Blueprint, Flask
 
-from llmrouter.router import Router
-
 from llmrouter import __version__
+from llmrouter.router import Router
 
 from .blueprint import build_blueprint, json_response, router
 
@@ -59,7 +58,9 @@ class LLMRouter:
             app.config.get("LLMROUTER_CONFIG") or os.environ.get("LLMROUTER_CONFIG")
         )
         prefix = _pick(self._url_prefix, app.config.get("LLMROUTER_URL_PREFIX"), "/v1")
-        unprefixed = _pick(self._unprefixed_routes, app.config.get("LLMROUTER_UNPREFIXED_ROUTES"), True)
+        unprefixed = _pick(
+            self._unprefixed_routes, app.config.get("LLMROUTER_UNPREFIXED_ROUTES"), True
+        )
         health = _pick(self._health_route, app.config.get("LLMROUTER_HEALTH_ROUTE"), "/health")
         app.extensions["llmrouter"] = _State(router_)
         prefix = prefix.rstrip("/")
@@ -90,7 +91,9 @@ def _health_blueprint(route: str) -> Blueprint:
         try:
             r.store.ping()
         except Exception:
-            return json_response({**body, "status": "unhealthy", "reason": "the database is unreachable"}, 503)
+            return json_response(
+                {**body, "status": "unhealthy", "reason": "the database is unreachable"}, 503
+            )
         return json_response(body)
 
     return bp

@@ -3,7 +3,7 @@ exact billing. ``Router`` is the whole public surface; errors live in ``llmroute
 
 __version__ = "0.1.0"
 
-from .errors import (  # noqa: E402
+from .errors import (
     AuthenticationError,
     ConfigError,
     InsufficientCreditsError,
@@ -13,8 +13,8 @@ from .errors import (  # noqa: E402
     RateLimitError,
     UpstreamError,
 )
-from .router import ChatResult, Router  # noqa: E402
-from .schemas import ChatCompletion, ChatCompletionChunk  # noqa: E402
+from .router import ChatResult, Router
+from .schemas import ChatCompletion, ChatCompletionChunk
 
 __all__ = [
     "AuthenticationError",

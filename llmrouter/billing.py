@@ -33,7 +33,9 @@ def usd_to_nanos(amount: Decimal | str | int, *, field: str = "amount") -> int:
     try:
         value = Decimal(str(amount))
     except InvalidOperation:
-        raise InvalidRequestError(f"{field} '{amount}' is not a decimal number", param=field) from None
+        raise InvalidRequestError(
+            f"{field} '{amount}' is not a decimal number", param=field
+        ) from None
     if not value.is_finite():
         raise InvalidRequestError(f"{field} must be a finite number", param=field)
     nanos = value * NANOS_PER_USD
@@ -125,4 +127,6 @@ def estimate_usage(request: ChatRequest, completion_characters: int) -> Usage:
         estimate_tokens_from_text(len(m.text())) + MESSAGE_TOKEN_ALLOWANCE for m in request.messages
     )
     completion = estimate_tokens_from_text(completion_characters)
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    return Usage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+    )

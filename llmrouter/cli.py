@@ -47,8 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.set_defaults(run=_serve)
 
-    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys", required=True)
-    create = keys.add_parser("create", parents=[common], help="create a key (its secret is shown once)")
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="keys", required=True
+    )
+    create = keys.add_parser(
+        "create", parents=[common], help="create a key (its secret is shown once)"
+    )
     create.add_argument("--name", required=True)
     create.add_argument("--admin", action="store_true", help="may see every key's usage")
     create.add_argument("--credits", default="0", metavar="USD", help="initial prepaid balance")
@@ -68,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     topup.add_argument("amount", metavar="USD")
     topup.set_defaults(run=_keys_topup)
 
-    report = commands.add_parser("usage", parents=[common], help="usage and spend per key, model, provider and day")
+    report = commands.add_parser(
+        "usage", parents=[common], help="usage and spend per key, model, provider and day"
+    )
     report.add_argument("--key", help="only this key id")
     report.add_argument("--since", help="first day, YYYY-MM-DD (UTC)")
     report.add_argument("--until", help="last day, YYYY-MM-DD (UTC)")
@@ -117,7 +123,8 @@ def _keys_list(args: argparse.Namespace) -> int:
         return 0
     for r in records:
         state = "revoked" if r.revoked_at else ("admin" if r.is_admin else "active")
-        print(f"{r.id}  {r.hint:<16}  {state:<7}  balance ${nanos_to_usd(r.balance_nanos):<12}  {r.name}")
+        balance = "$" + nanos_to_usd(r.balance_nanos)
+        print(f"{r.id}  {r.hint:<16}  {state:<7}  balance {balance:<13}  {r.name}")
     return 0
 
 

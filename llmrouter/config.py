@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -171,7 +172,7 @@ def _validate(data: dict[str, Any], label: str) -> Settings:
 
 
 def _dotted(loc: tuple[Any, ...], data: Any) -> str:
-    """``("providers", 0, "kind")`` -> ``providers[0](openai).kind``: the entry named when it can."""
+    """``("providers", 0, "kind")`` -> ``providers[0](openai).kind`` (entries named if they can)."""
     key = ""
     node = data
     for item in loc:

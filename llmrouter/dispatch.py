@@ -13,7 +13,8 @@ import itertools
 import random
 import threading
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from .errors import UpstreamAuthError, UpstreamError
 from .naming import Target

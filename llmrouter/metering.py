@@ -8,8 +8,8 @@ before any output).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .errors import LLMRouterError
 from .providers.base import ChunkStream

@@ -32,9 +32,7 @@ class ModelCatalog:
         for provider in settings.providers:
             for name in (provider.name, *provider.aliases):
                 self._providers[name.lower()] = provider
-        self._listed = [
-            Target(p.name, m.id, m) for p in settings.providers for m in p.models
-        ]
+        self._listed = [Target(p.name, m.id, m) for p in settings.providers for m in p.models]
         self._by_bare_id: dict[str, list[Target]] = {}
         for target in self._listed:
             self._by_bare_id.setdefault(target.upstream_model, []).append(target)
@@ -53,7 +51,8 @@ class ModelCatalog:
                     self.resolve(fallback)
                 except ModelNotFoundError as exc:
                     raise ConfigError(
-                        exc.message, key=f"providers({target.provider}).models({target.upstream_model}).fallbacks"
+                        exc.message,
+                        key=f"providers({target.provider}).models({target.upstream_model}).fallbacks",
                     ) from None
 
     def resolve(self, name: str) -> Target:

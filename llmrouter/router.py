@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .billing import Prices, estimate_usage, reservation_nanos, usage_or_estimate, usd_to_nanos
 from .config import Settings, load_settings
@@ -156,8 +157,10 @@ class Router:
         estimated: bool,
         error: str | None = None,
     ) -> None:
-        cost = 0 if status == "failed" else Prices.of(served.model).cost_nanos(
-            usage.prompt_tokens, usage.completion_tokens
+        cost = (
+            0
+            if status == "failed"
+            else Prices.of(served.model).cost_nanos(usage.prompt_tokens, usage.completion_tokens)
         )
         self.store.settle(
             Settlement(
@@ -238,7 +241,11 @@ class Router:
         return self.store.top_up(key_id, _positive_nanos(amount, "amount"), now=self._now_ms())
 
     def usage(
-        self, *, key_id: str | None = None, since_day: int | None = None, until_day: int | None = None
+        self,
+        *,
+        key_id: str | None = None,
+        since_day: int | None = None,
+        until_day: int | None = None,
     ) -> list[UsageRow]:
         return self.store.usage(key_id=key_id, since_day=since_day, until_day=until_day)
 

@@ -7,20 +7,20 @@ Responses keep unknown upstream fields too; ``model_dump(exclude_none=True)`` is
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
-
-from .errors import InvalidRequestError
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
-    ValidationError,
     ConfigDict,
     Discriminator,
     Field,
     Tag,
+    ValidationError,
     field_validator,
     model_validator,
 )
+
+from .errors import InvalidRequestError
 
 
 class _Open(BaseModel):
@@ -59,11 +59,9 @@ def _part_kind(part: Any) -> str:
 
 
 ContentPart = Annotated[
-    Union[
-        Annotated[TextPart, Tag("text")],
-        Annotated[ImagePart, Tag("image_url")],
-        Annotated[OtherPart, Tag("other")],
-    ],
+    Annotated[TextPart, Tag("text")]
+    | Annotated[ImagePart, Tag("image_url")]
+    | Annotated[OtherPart, Tag("other")],
     Discriminator(_part_kind),
 ]
 

@@ -17,7 +17,9 @@ def day_of(value: str, *, field: str) -> int:
     try:
         return (dt.date.fromisoformat(value) - _EPOCH).days
     except ValueError:
-        raise InvalidRequestError(f"'{field}' must be a date like 2026-01-31", param=field) from None
+        raise InvalidRequestError(
+            f"'{field}' must be a date like 2026-01-31", param=field
+        ) from None
 
 
 def date_of(day: int) -> str:
@@ -57,7 +59,18 @@ def report(rows: list[UsageRow]) -> dict[str, Any]:
 
 def table(rows: list[UsageRow]) -> str:
     """A fixed-width text table with a total line, for the terminal."""
-    header = ("date", "key", "provider", "model", "requests", "failed", "prompt", "completion", "cost USD", "charged USD")
+    header = (
+        "date",
+        "key",
+        "provider",
+        "model",
+        "requests",
+        "failed",
+        "prompt",
+        "completion",
+        "cost USD",
+        "charged USD",
+    )
     body = [
         (
             date_of(r.day),
@@ -76,7 +89,10 @@ def table(rows: list[UsageRow]) -> str:
     totals = report(rows)["total"]
     body.append(
         (
-            "total", "", "", "",
+            "total",
+            "",
+            "",
+            "",
             str(totals["requests"]),
             str(sum(r.failed for r in rows)),
             str(totals["prompt_tokens"]),
@@ -89,7 +105,10 @@ def table(rows: list[UsageRow]) -> str:
     numeric = set(range(4, len(header)))
 
     def render(line: tuple[str, ...]) -> str:
-        cells = [c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))]
+        cells = [
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        ]
         return "  ".join(cells).rstrip()
 
     return "\n".join(render(line) for line in [header, *body])

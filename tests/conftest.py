@@ -40,8 +40,19 @@ def gateway_config(openai_url: str | None = None, **overrides: Any) -> dict[str,
             "name": "echo",
             "kind": "echo",
             "models": [
-                {"id": "echo", "prompt_price": "0.000001", "completion_price": "0.000002", "max_output_length": 1000},
-                {"id": "echo-premium", "prompt_price": "0.00001", "completion_price": "0.00002", "max_output_length": 100, "premium": True},
+                {
+                    "id": "echo",
+                    "prompt_price": "0.000001",
+                    "completion_price": "0.000002",
+                    "max_output_length": 1000,
+                },
+                {
+                    "id": "echo-premium",
+                    "prompt_price": "0.00001",
+                    "completion_price": "0.00002",
+                    "max_output_length": 100,
+                    "premium": True,
+                },
             ],
         }
     ]
@@ -55,11 +66,21 @@ def gateway_config(openai_url: str | None = None, **overrides: Any) -> dict[str,
                 "retry_backoff": 0,
                 "read_timeout": 5,
                 "models": [
-                    {"id": "gpt-4o-mini", "prompt_price": "0.00000015", "completion_price": "0.0000006", "max_output_length": 16384, "supported_features": ["streaming", "tools", "json_mode"]},
+                    {
+                        "id": "gpt-4o-mini",
+                        "prompt_price": "0.00000015",
+                        "completion_price": "0.0000006",
+                        "max_output_length": 16384,
+                        "supported_features": ["streaming", "tools", "json_mode"],
+                    },
                 ],
             }
         )
-    config: dict[str, Any] = {"database_url": "sqlite://", "providers": providers, "aliases": {"altllm-basic": "echo#echo"}}
+    config: dict[str, Any] = {
+        "database_url": "sqlite://",
+        "providers": providers,
+        "aliases": {"altllm-basic": "echo#echo"},
+    }
     config.update(overrides)
     return config
 

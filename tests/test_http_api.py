@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-
 import sqlite3
 from pathlib import Path
 
@@ -26,7 +25,11 @@ WEATHER_TOOL = {
     "function": {
         "name": "get_weather",
         "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
     },
 }
 
@@ -41,7 +44,17 @@ def test_sdk_lists_models_with_seed_fields(client: openai.OpenAI) -> None:
     assert {"echo#echo", "OpenAI#gpt-4o-mini", "altllm-basic"} <= set(models)
     card = models["OpenAI#gpt-4o-mini"].model_dump()
     assert card["pricing"] == {"prompt": "0.00000015", "completion": "0.0000006"}
-    for key in ("name", "created", "description", "context_length", "max_output_length", "input_modalities", "output_modalities", "supported_sampling_parameters", "supported_features"):
+    for key in (
+        "name",
+        "created",
+        "description",
+        "context_length",
+        "max_output_length",
+        "input_modalities",
+        "output_modalities",
+        "supported_sampling_parameters",
+        "supported_features",
+    ):
         assert key in card
 
 
@@ -51,7 +64,9 @@ def test_sdk_retrieves_a_model_whose_id_has_a_hash(client: openai.OpenAI) -> Non
 
 def test_sdk_chat_through_openai_upstream(client: openai.OpenAI, fake_openai: FakeOpenAI) -> None:
     completion = client.chat.completions.create(
-        model="openai#gpt-4o-mini", messages=[{"role": "user", "content": "hello world"}], max_tokens=20
+        model="openai#gpt-4o-mini",
+        messages=[{"role": "user", "content": "hello world"}],
+        max_tokens=20,
     )
     assert completion.choices[0].message.content == "You said: hello world"
     assert completion.model == "OpenAI#gpt-4o-mini"
@@ -62,7 +77,9 @@ def test_sdk_chat_through_openai_upstream(client: openai.OpenAI, fake_openai: Fa
 
 def test_sdk_streams_chunks_and_done(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
-        model="OpenAI#gpt-4o-mini", messages=[{"role": "user", "content": "one two three"}], stream=True
+        model="OpenAI#gpt-4o-mini",
+        messages=[{"role": "user", "content": "one two three"}],
+        stream=True,
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -116,7 +133,9 @@ def test_sdk_streamed_tool_call_assembles(client: openai.OpenAI) -> None:
 
 def test_sdk_gets_echo_tool_call_and_round_trip(client: openai.OpenAI) -> None:
     first = client.chat.completions.create(
-        model="altllm-basic", messages=[{"role": "user", "content": "call get_weather"}], tools=[WEATHER_TOOL]
+        model="altllm-basic",
+        messages=[{"role": "user", "content": "call get_weather"}],
+        tools=[WEATHER_TOOL],
     )
     call = first.choices[0].message.tool_calls[0]
     second = client.chat.completions.create(
@@ -134,7 +153,12 @@ def test_sdk_gets_echo_tool_call_and_round_trip(client: openai.OpenAI) -> None:
 def test_routes_answer_with_and_without_v1(live_api: str, api_key: str) -> None:
     for base in (live_api, live_api + "/v1"):
         sdk = openai.OpenAI(base_url=base, api_key=api_key, max_retries=0)
-        assert sdk.chat.completions.create(model="echo", messages=[{"role": "user", "content": "hi"}]).choices[0].message.content == "hi"
+        assert (
+            sdk.chat.completions.create(model="echo", messages=[{"role": "user", "content": "hi"}])
+            .choices[0]
+            .message.content
+            == "hi"
+        )
 
 
 def test_rate_limit_headers_and_provider_header(live_api: str, api_key: str) -> None:
@@ -155,7 +179,11 @@ def test_stream_is_sent_as_sse_lines_ending_with_done(live_api: str, api_key: st
     with requests.post(
         live_api + "/v1/chat/completions",
         headers={"Authorization": f"Bearer {api_key}"},
-        json={"model": "echo", "stream": True, "messages": [{"role": "user", "content": "Hello !"}]},
+        json={
+            "model": "echo",
+            "stream": True,
+            "messages": [{"role": "user", "content": "Hello !"}],
+        },
         stream=True,
         timeout=5,
     ) as response:

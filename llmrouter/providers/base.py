@@ -7,7 +7,8 @@ only ``llmrouter.errors.Upstream*`` errors.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, ClassVar, Iterator
+from collections.abc import Callable, Iterator
+from typing import ClassVar
 
 from ..config import ProviderSettings
 from ..schemas import ChatCompletion, ChatCompletionChunk, ChatRequest
@@ -70,5 +71,5 @@ class ProviderAdapter(ABC):
     def stream(self, request: ChatRequest, upstream_model: str) -> ChunkStream:
         """A streamed completion. Errors before the first chunk are raised here, not later."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: adapters without connections skip it
         """Release pooled connections (called when the Router closes)."""

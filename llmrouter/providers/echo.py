@@ -13,7 +13,8 @@ import json
 import re
 import time
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from ..schemas import (
     AssistantMessage,
@@ -37,7 +38,14 @@ from .registry import register
 
 _TOKEN = re.compile(r"\s*(?:\w+|[^\w\s])")
 _PER_MESSAGE_TOKENS = 3
-_PLACEHOLDERS = {"string": "echo", "integer": 0, "number": 0, "boolean": False, "array": [], "object": {}}
+_PLACEHOLDERS = {
+    "string": "echo",
+    "integer": 0,
+    "number": 0,
+    "boolean": False,
+    "array": [],
+    "object": {},
+}
 
 
 def count_tokens(text: str) -> int:
@@ -71,7 +79,9 @@ class EchoAdapter(ProviderAdapter):
 
         def chunk(delta: Delta, finish_reason: str | None = None) -> ChatCompletionChunk:
             choice = ChunkChoice(index=0, delta=delta, finish_reason=finish_reason)
-            return ChatCompletionChunk(id=ident, created=created, model=upstream_model, choices=[choice])
+            return ChatCompletionChunk(
+                id=ident, created=created, model=upstream_model, choices=[choice]
+            )
 
         yield chunk(Delta(role="assistant", content=""))
         if tool_call:
@@ -91,7 +101,8 @@ class EchoAdapter(ProviderAdapter):
                 Delta(
                     tool_calls=[
                         ToolCallDelta(
-                            index=0, function=FunctionCallDelta(arguments=tool_call.function.arguments)
+                            index=0,
+                            function=FunctionCallDelta(arguments=tool_call.function.arguments),
                         )
                     ]
                 )
@@ -100,7 +111,10 @@ class EchoAdapter(ProviderAdapter):
             yield chunk(Delta(content=piece))
         yield chunk(Delta(), finish)
         yield ChatCompletionChunk(
-            id=ident, created=created, model=upstream_model, usage=_usage(request, pieces, tool_call)
+            id=ident,
+            created=created,
+            model=upstream_model,
+            usage=_usage(request, pieces, tool_call),
         )
 
 
@@ -110,7 +124,10 @@ def _answer(request: ChatRequest) -> tuple[list[str], ToolCall | None, str]:
     tool = _tool_to_call(request, last)
     if tool is not None:
         arguments = json.dumps(_placeholder_arguments(tool), separators=(",", ":"))
-        call = ToolCall(id="call_" + uuid.uuid4().hex[:24], function=FunctionCall(name=tool.function.name, arguments=arguments))
+        call = ToolCall(
+            id="call_" + uuid.uuid4().hex[:24],
+            function=FunctionCall(name=tool.function.name, arguments=arguments),
+        )
         return [], call, "tool_calls"
     if last.role == "tool":
         text = f"{_tool_name(request, last.tool_call_id)} returned: {last.text()}"
@@ -128,7 +145,9 @@ def _tool_to_call(request: ChatRequest, last: Message) -> Tool | None:
     if not request.tools or request.tool_choice == "none" or last.role == "tool":
         return None
     if isinstance(request.tool_choice, NamedToolChoice):
-        return next(t for t in request.tools if t.function.name == request.tool_choice.function.name)
+        return next(
+            t for t in request.tools if t.function.name == request.tool_choice.function.name
+        )
     if request.tool_choice == "required":
         return request.tools[0]
     said = last.text()
@@ -161,7 +180,9 @@ def _apply_stop(text: str, stop: str | list[str] | None) -> tuple[str, str]:
 def _usage(request: ChatRequest, pieces: list[str], tool_call: ToolCall | None) -> Usage:
     prompt = sum(count_tokens(m.text()) + _PER_MESSAGE_TOKENS for m in request.messages)
     completion = len(pieces) + (count_tokens(tool_call.function.arguments) + 1 if tool_call else 0)
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    return Usage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+    )
 
 
 def _completion_id() -> str:

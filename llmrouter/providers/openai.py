@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import requests
 from pydantic import ValidationError
@@ -40,7 +41,9 @@ class OpenAIAdapter(ProviderAdapter):
         return body
 
     def chat(self, request: ChatRequest, upstream_model: str) -> ChatCompletion:
-        response = self.transport.post(self.url, self.build_body(request, upstream_model), self.headers)
+        response = self.transport.post(
+            self.url, self.build_body(request, upstream_model), self.headers
+        )
         try:
             return ChatCompletion.model_validate_json(response.content)
         except ValidationError as exc:
@@ -75,7 +78,9 @@ class OpenAIAdapter(ProviderAdapter):
                 f"{self.name} stream broke off ({type(exc).__name__})", provider=self.name
             ) from exc
         except (ValueError, ValidationError) as exc:
-            raise UpstreamError(f"{self.name} sent an unreadable stream event", provider=self.name) from exc
+            raise UpstreamError(
+                f"{self.name} sent an unreadable stream event", provider=self.name
+            ) from exc
 
     def close(self) -> None:
         self.transport.close()

@@ -62,7 +62,7 @@ def admission_statement(*, premium: bool, left_to_right: bool) -> Update:
         )
     outcome = _k.last_admission if left_to_right else decided
 
-    def when(kind: AdmissionKind, then, otherwise):  # noqa: ANN001, ANN202 - SQL expressions
+    def when(kind: AdmissionKind, then, otherwise):
         return case((outcome == literal(kind.value), then), else_=otherwise)
 
     admitted = outcome <= literal(AdmissionKind.THROTTLE_SLOT.value)
@@ -77,7 +77,13 @@ def admission_statement(*, premium: bool, left_to_right: bool) -> Update:
             (_k.quota_day, day),
             (_k.minute_count, case((admitted, count_this_minute + 1), else_=count_this_minute)),
             (_k.minute, minute),
-            (_k.balance_nanos, when(AdmissionKind.CREDITS, _k.balance_nanos - reserve, _k.balance_nanos)),
-            (_k.next_slot_at, when(AdmissionKind.THROTTLE_SLOT, now + throttle_ms, _k.next_slot_at)),
+            (
+                _k.balance_nanos,
+                when(AdmissionKind.CREDITS, _k.balance_nanos - reserve, _k.balance_nanos),
+            ),
+            (
+                _k.next_slot_at,
+                when(AdmissionKind.THROTTLE_SLOT, now + throttle_ms, _k.next_slot_at),
+            ),
         )
     )

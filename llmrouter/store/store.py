@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from sqlalchemy import Connection, create_engine, event, func, insert, select, text, update
 from sqlalchemy.engine import Engine, make_url
@@ -197,9 +198,7 @@ class Store:
             else:
                 changed = conn.execute(statement, params).rowcount
                 row = (
-                    conn.execute(
-                        select(*RESULT_COLUMNS).where(_k.id == key_id), params
-                    ).first()
+                    conn.execute(select(*RESULT_COLUMNS).where(_k.id == key_id), params).first()
                     if changed
                     else None
                 )
@@ -320,7 +319,11 @@ class Store:
                 if name not in present:
                     conn.execute(
                         insert(provider_totals).values(
-                            provider=name, requests=0, prompt_tokens=0, completion_tokens=0, cost_nanos=0
+                            provider=name,
+                            requests=0,
+                            prompt_tokens=0,
+                            completion_tokens=0,
+                            cost_nanos=0,
                         )
                     )
 
@@ -378,7 +381,9 @@ class Store:
         with self.transaction() as conn:
             rows = conn.execute(select(provider_totals).order_by(c.provider)).all()
         return [
-            ProviderTotal(r.provider, r.requests, r.prompt_tokens, r.completion_tokens, r.cost_nanos)
+            ProviderTotal(
+                r.provider, r.requests, r.prompt_tokens, r.completion_tokens, r.cost_nanos
+            )
             for r in rows
         ]
 

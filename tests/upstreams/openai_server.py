@@ -73,12 +73,19 @@ class FakeOpenAI:
             time.sleep(fault.delay)
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             given = request.headers.get("Authorization", "").removeprefix("Bearer ")
-            return _error(401, f"Incorrect API key provided: {given}. You can find your API key at https://platform.openai.com/account/api-keys.", "invalid_request_error", "invalid_api_key")
+            return _error(
+                401,
+                f"Incorrect API key provided: {given}. You can find your API key in your account.",
+                "invalid_request_error",
+                "invalid_api_key",
+            )
         body = request.get_json(force=True)
         self.requests.append(body)
         self.headers.append(dict(request.headers))
         if fault.status:
-            headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+            headers = (
+                {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+            )
             kind = "rate_limit_exceeded" if fault.status == 429 else "server_error"
             return _error(fault.status, f"scripted failure {fault.status}", kind, kind, headers)
         problem = self._invalid(body)
@@ -91,7 +98,9 @@ class FakeOpenAI:
                 answer.events(include_usage and not fault.no_usage, fault),
                 mimetype="text/event-stream",
             )
-        return Response(json.dumps(answer.completion(not fault.no_usage)), mimetype="application/json")
+        return Response(
+            json.dumps(answer.completion(not fault.no_usage)), mimetype="application/json"
+        )
 
     def _invalid(self, body: Any) -> str | None:
         if not isinstance(body, dict):
@@ -153,15 +162,25 @@ class _Answer:
         return cls(body["model"], words, calls, prompt_tokens)
 
     def usage(self) -> dict[str, int]:
-        completion = len(self.words) + sum(len(c["function"]["arguments"]) // 4 + 1 for c in self.tool_calls)
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion, "total_tokens": self.prompt_tokens + completion}
+        completion = len(self.words) + sum(
+            len(c["function"]["arguments"]) // 4 + 1 for c in self.tool_calls
+        )
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        }
 
     @property
     def finish_reason(self) -> str:
         return "tool_calls" if self.tool_calls else "stop"
 
     def completion(self, with_usage: bool) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": None if self.tool_calls else "".join(self.words), "refusal": None}
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": None if self.tool_calls else "".join(self.words),
+            "refusal": None,
+        }
         if self.tool_calls:
             message["tool_calls"] = self.tool_calls
         body: dict[str, Any] = {
@@ -169,7 +188,14 @@ class _Answer:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": self.model,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish_reason}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": self.finish_reason,
+                }
+            ],
             "service_tier": "default",
             "system_fingerprint": "fp_fake",
         }
@@ -181,7 +207,15 @@ class _Answer:
         ident, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
 
         def event(choices: list[dict[str, Any]], **extra: Any) -> str:
-            payload = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": self.model, "system_fingerprint": "fp_fake", "choices": choices, **extra}
+            payload = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": self.model,
+                "system_fingerprint": "fp_fake",
+                "choices": choices,
+                **extra,
+            }
             if include_usage:
                 payload.setdefault("usage", None)
             return "data: " + json.dumps(payload) + "\n\n"
@@ -192,12 +226,45 @@ class _Answer:
         yield delta({"role": "assistant", "content": "", "refusal": None})
         for index, call in enumerate(self.tool_calls):
             arguments = call["function"]["arguments"]
-            yield delta({"tool_calls": [{"index": index, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": ""}}]})
+            yield delta(
+                {
+                    "tool_calls": [
+                        {
+                            "index": index,
+                            "id": call["id"],
+                            "type": "function",
+                            "function": {"name": call["function"]["name"], "arguments": ""},
+                        }
+                    ]
+                }
+            )
             for start in range(0, len(arguments), 5):
-                yield delta({"tool_calls": [{"index": index, "function": {"arguments": arguments[start:start + 5]}}]})
+                yield delta(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": index,
+                                "function": {"arguments": arguments[start : start + 5]},
+                            }
+                        ]
+                    }
+                )
         for sent, word in enumerate(self.words):
             if fault.error_event_after is not None and sent == fault.error_event_after:
-                yield "data: " + json.dumps({"error": {"message": "The server had an error while processing your request.", "type": "server_error", "param": None, "code": None}}) + "\n\n"
+                yield (
+                    "data: "
+                    + json.dumps(
+                        {
+                            "error": {
+                                "message": "The server had an error while processing your request.",
+                                "type": "server_error",
+                                "param": None,
+                                "code": None,
+                            }
+                        }
+                    )
+                    + "\n\n"
+                )
                 return
             if fault.drop_after is not None and sent == fault.drop_after:
                 raise ConnectionAbortedError("scripted connection drop")
@@ -227,7 +294,9 @@ def _arguments(tool: dict[str, Any]) -> dict[str, Any]:
     return {name: "42" for name in schema.get("required", [])}
 
 
-def _error(status: int, message: str, kind: str, code: str | None, headers: dict[str, str] | None = None) -> Response:
+def _error(
+    status: int, message: str, kind: str, code: str | None, headers: dict[str, str] | None = None
+) -> Response:
     body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
     return Response(json.dumps(body), status=status, mimetype="application/json", headers=headers)
 
