@@ -122,7 +122,7 @@ def test_plain_chat(adapter: ProviderAdapter, fake: FakeAnthropic) -> None:
     assert completion.choices[0].message.content == "Hello there, Claude"
     assert completion.choices[0].message.tool_calls is None
     assert completion.choices[0].finish_reason == "stop"
-    assert completion.id == "chatcmpl-" + "msg_fake000001"
+    assert completion.id == "chatcmpl-msg_fake000001"
     assert completion.model == MODEL
     assert fake.last.headers["X-Api-Key"] == TEST_KEY
     assert fake.last.headers["Anthropic-Version"] == API_VERSION

@@ -115,8 +115,7 @@ class AnthropicAdapter(ProviderAdapter):
         # Read up to the first chunk here, so that an error event sent before anything
         # else is raised by stream() and the Router can still fall back.
         try:
-            first = None
-            return ChunkStream(chunks, response.close)
+            first = next(chunks)
         except BaseException:
             response.close()
             raise

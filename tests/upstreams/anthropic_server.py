@@ -85,7 +85,9 @@ class Received:
 
 
 class Rejected(Exception):
-    def __init__(self, message: str, status: int = 400, kind: str = "invalid_request_error"):
+    def __init__(
+        self, message: str, status: int = 400, kind: str = "invalid_request_error"
+    ) -> None:
         super().__init__(message)
         self.message, self.status, self.kind = message, status, kind
 
@@ -315,7 +317,7 @@ def _check_block(block: Any, role: str, where: str, tools_defined: bool) -> str:
     else:
         raise Rejected(
             f"{where}: Input tag '{kind}' found using 'type' does not match any of "
-            "the expected tags for a " + role + " message"
+            f"the expected tags for a {role} message"
         )
     return str(kind)
 
