@@ -50,6 +50,8 @@ class FakeOpenAI:
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     answered: int = 0
+    #: how each stream ended on the server side: "completed" or "aborted" (client left)
+    stream_endings: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def app(self) -> Flask:
@@ -61,6 +63,7 @@ class FakeOpenAI:
         self.script.clear()
         self.requests.clear()
         self.headers.clear()
+        self.stream_endings.clear()
         self.answered = 0
 
     # ------------------------------------------------------------------ handler
@@ -94,13 +97,20 @@ class FakeOpenAI:
         answer = _Answer.for_request(body)
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return Response(
-                answer.events(include_usage and not fault.no_usage, fault),
-                mimetype="text/event-stream",
-            )
+            events = answer.events(include_usage and not fault.no_usage, fault)
+            return Response(self._watched(events), mimetype="text/event-stream")
         return Response(
             json.dumps(answer.completion(not fault.no_usage)), mimetype="application/json"
         )
+
+    def _watched(self, events: Iterator[str]) -> Iterator[str]:
+        """``events``, recording whether the client stayed to the end."""
+        completed = False
+        try:
+            yield from events
+            completed = True
+        finally:
+            self.stream_endings.append("completed" if completed else "aborted")
 
     def _invalid(self, body: Any) -> str | None:
         if not isinstance(body, dict):

@@ -1,0 +1,211 @@
+"""``router.chat()`` in process: the same pipeline as HTTP, with Python objects and errors."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from llmrouter import (
+    AuthenticationError,
+    ChatCompletion,
+    ChatCompletionChunk,
+    InvalidRequestError,
+    ModelNotFoundError,
+    Router,
+)
+from llmrouter.errors import UpstreamError
+from tests.conftest import gateway_config
+from tests.upstreams.openai_server import Fault, FakeOpenAI
+
+HELLO = [{"role": "user", "content": "hello there"}]
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def test_chat_returns_openai_body(router: Router, api_key: str) -> None:
+    completion = router.chat(model="echo#echo", messages=HELLO, api_key=api_key)
+    assert isinstance(completion, ChatCompletion)
+    body = completion.model_dump(exclude_none=True)
+    assert body["object"] == "chat.completion"
+    assert body["choices"] == [
+        {"index": 0, "message": {"role": "assistant", "content": "hello there"}, "finish_reason": "stop"}
+    ]
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+
+
+def test_provider_name_is_case_insensitive_and_aliases_resolve(router: Router, api_key: str) -> None:
+    for name in ("openai#gpt-4o-mini", "OPENAI#gpt-4o-mini", "gpt-4o-mini"):
+        assert router.chat(model=name, messages=HELLO, api_key=api_key).model == "OpenAI#gpt-4o-mini"
+    assert router.chat(model="altllm-basic", messages=HELLO, api_key=api_key).model == "echo#echo"
+
+
+def test_unknown_model_names_close_matches(router: Router, api_key: str) -> None:
+    with pytest.raises(ModelNotFoundError) as caught:
+        router.chat(model="OpenAI#gpt-4o-mni", messages=HELLO, api_key=api_key)
+    assert caught.value.status == 404 and caught.value.code == "model_not_found"
+    assert "OpenAI#gpt-4o-mini" in caught.value.suggestions
+
+
+def test_unlisted_model_allowed_only_where_configured(make_router: Callable[..., Router]) -> None:
+    config = gateway_config()
+    config["providers"][0]["allow_unlisted_models"] = True
+    router = make_router(config)
+    key = router.create_key("k")[1]
+    assert router.chat(model="echo#anything-new", messages=HELLO, api_key=key).model == "echo#anything-new"
+    strict = make_router(gateway_config())
+    with pytest.raises(ModelNotFoundError):
+        strict.chat(model="echo#anything-new", messages=HELLO, api_key=strict.create_key("k")[1])
+
+
+def test_every_request_field_is_accepted_and_passed_on(
+    router: Router, api_key: str, fake_openai: FakeOpenAI
+) -> None:
+    params = {
+        "max_tokens": 50,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "stop": ["\n\n"],
+        "n": 1,
+        "seed": 7,
+        "user": "u-1",
+        "presence_penalty": 0.1,
+        "frequency_penalty": -0.1,
+        "logit_bias": {"1234": -5},
+        "parallel_tool_calls": True,
+        "response_format": {"type": "json_object"},
+        "logprobs": False,
+    }
+    router.chat(model="OpenAI#gpt-4o-mini", messages=HELLO, api_key=api_key, **params)
+    sent = fake_openai.requests[-1]
+    assert {k: sent[k] for k in params} == params
+    assert sent["model"] == "gpt-4o-mini"
+
+
+def test_unknown_fields_reach_openai_compatible_upstreams(
+    router: Router, api_key: str, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.extra_fields = {"top_k"}
+    try:
+        router.chat(model="OpenAI#gpt-4o-mini", messages=HELLO, api_key=api_key, top_k=3)
+    finally:
+        fake_openai.extra_fields = set()
+    assert fake_openai.requests[-1]["top_k"] == 3
+
+
+def test_content_parts_are_accepted(router: Router, api_key: str) -> None:
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "look"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                {"type": "text", "text": " here"},
+            ],
+        }
+    ]
+    assert router.chat(model="echo", messages=messages, api_key=api_key).choices[0].message.content == "look here"
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"temperature": 2.5}, "temperature"),
+        ({"top_p": -0.1}, "top_p"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"stop": 3}, "stop"),
+        ({"tool_choice": "always"}, "tool_choice"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content[0].text"),
+        ({"messages": []}, "messages"),
+        ({"model": ""}, "model"),
+        ({"response_format": {"type": "yaml"}}, "response_format.type"),
+    ],
+)
+def test_bad_input_is_a_typed_error_naming_the_field(
+    router: Router, api_key: str, params: dict, param: str
+) -> None:
+    body = {"model": "echo", "messages": HELLO, **params}
+    with pytest.raises(InvalidRequestError) as caught:
+        router.chat(api_key=api_key, **body)
+    assert caught.value.param == param
+    assert param in caught.value.message
+
+
+@pytest.mark.parametrize("secret", [None, "", "sk-llmr-not-a-key"])
+def test_missing_or_unknown_key_is_refused(router: Router, secret: str | None) -> None:
+    with pytest.raises(AuthenticationError):
+        router.chat(model="echo", messages=HELLO, api_key=secret)
+
+
+def test_revoked_key_is_refused_at_once(router: Router) -> None:
+    record, secret = router.create_key("soon gone")
+    router.chat(model="echo", messages=HELLO, api_key=secret)
+    router.revoke_key(record.id)
+    with pytest.raises(AuthenticationError, match="revoked"):
+        router.chat(model="echo", messages=HELLO, api_key=secret)
+
+
+def test_secret_is_stored_only_as_a_hash(router: Router) -> None:
+    record, secret = router.create_key("hashed")
+    from sqlalchemy import select
+
+    from llmrouter.store.tables import api_keys
+
+    with router.store.transaction() as conn:
+        row = conn.execute(select(api_keys).where(api_keys.c.id == record.id)).one()
+    assert secret not in [str(v) for v in row]
+    assert secret.startswith("sk-llmr-") and record.hint.startswith(secret[:12])
+
+
+def test_stream_yields_chunk_models_and_bills(router: Router, api_key: str) -> None:
+    chunks = list(router.chat(model="OpenAI#gpt-4o-mini", messages=HELLO, api_key=api_key, stream=True))
+    assert all(isinstance(c, ChatCompletionChunk) for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "You said: hello there"
+    (row,) = router.usage()
+    assert (row.requests, row.completion_tokens) == (1, 4)
+
+
+def test_closing_a_stream_early_releases_the_upstream(
+    router: Router, api_key: str, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script.append(Fault(chunk_pause=0.1))
+    long_text = [{"role": "user", "content": " ".join(["word"] * 40)}]
+    stream = router.chat(model="OpenAI#gpt-4o-mini", messages=long_text, api_key=api_key, stream=True)
+    for _, _chunk in zip(range(3), stream, strict=False):
+        pass
+    stream.close()
+    assert wait_for(lambda: fake_openai.stream_endings == ["aborted"])
+    (row,) = router.usage()
+    assert row.requests == 1 and row.failed == 0
+    assert row.completion_tokens < 40
+
+
+def test_stream_errors_before_output_raise_and_bill_nothing(
+    make_router: Callable[..., Router], fake_openai: FakeOpenAI
+) -> None:
+    config = gateway_config(fake_openai.url)
+    config["providers"][1]["max_retries"] = 0
+    router = make_router(config)
+    key = router.create_key("k")[1]
+    fake_openai.script.append(Fault(status=500))
+    with pytest.raises(UpstreamError):
+        router.chat(model="OpenAI#gpt-4o-mini", messages=HELLO, api_key=key, stream=True)
+    (row,) = router.usage()
+    assert (row.failed, row.cost_nanos) == (1, 0)
+
+
+def test_echo_honours_max_tokens_and_stop(router: Router, api_key: str) -> None:
+    messages = [{"role": "user", "content": "one two three four. five"}]
+    short = router.chat(model="echo", messages=messages, api_key=api_key, max_tokens=2)
+    assert (short.choices[0].message.content, short.choices[0].finish_reason) == ("one two", "length")
+    stopped = router.chat(model="echo", messages=messages, api_key=api_key, stop=".")
+    assert stopped.choices[0].message.content == "one two three four"
