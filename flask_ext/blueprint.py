@@ -76,14 +76,24 @@ def json_body() -> Any:
     limit = router().settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise RequestTooLargeError(f"The request body is larger than {limit} bytes.")
-    request.max_content_length = limit  # also bounds bodies sent without a length
-    data = request.get_data(cache=False)
+    data = _read_at_most(limit)
     try:
         return json.loads(data)
     except ValueError:
         raise InvalidRequestError(
             "We could not parse the JSON body of your request. Send a JSON object."
         ) from None
+
+
+def _read_at_most(limit: int) -> bytes:
+    """The body, read in pieces so one sent without a length cannot exceed ``limit``."""
+    pieces, size = [], 0
+    while piece := request.stream.read(min(65536, limit + 1 - size)):
+        pieces.append(piece)
+        size += len(piece)
+        if size > limit:
+            raise RequestTooLargeError(f"The request body is larger than {limit} bytes.")
+    return b"".join(pieces)
 
 
 def build_blueprint(name: str, *, catch_all: bool) -> Blueprint:

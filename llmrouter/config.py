@@ -88,6 +88,7 @@ class ProviderSettings(_Strict):
     unlisted_prompt_price: Decimal = Decimal(0)
     unlisted_completion_price: Decimal = Decimal(0)
     stream_usage: bool = True
+    drop_fields: list[str] = []
     models: list[ModelSettings] = []
 
     _price = field_validator("unlisted_prompt_price", "unlisted_completion_price", mode="before")(
@@ -142,14 +143,21 @@ EMBEDDED_DEFAULT: dict[str, Any] = {
 }
 
 
+def source_label(source: str | os.PathLike[str] | Mapping[str, Any] | None) -> str:
+    """How errors name a config source: its path, ``<dict>`` or ``<embedded default>``."""
+    if source is None:
+        return "<embedded default>"
+    return "<dict>" if isinstance(source, Mapping) else str(source)
+
+
 def load_settings(source: str | os.PathLike[str] | Mapping[str, Any] | None) -> Settings:
     """Read settings from a TOML path, a dict, or (``None``) the embedded default."""
+    label = source_label(source)
     if source is None:
-        return _validate(EMBEDDED_DEFAULT, "<embedded default>")
+        return _validate(EMBEDDED_DEFAULT, label)
     if isinstance(source, Mapping):
-        return _validate(dict(source), "<dict>")
+        return _validate(dict(source), label)
     path = Path(source)
-    label = str(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -68,11 +68,17 @@ class ConfigError(LLMRouterError):
 
     code = "invalid_config"
 
-    def __init__(self, message: str, *, source: str = "<config>", key: str | None = None) -> None:
-        where = f"{source}: {key}: " if key else f"{source}: "
-        super().__init__(where + message, param=key)
+    def __init__(self, message: str, *, source: str | None = None, key: str | None = None) -> None:
+        self.reason = message
         self.source = source
         self.key = key
+        where = ": ".join(part for part in (source, key) if part)
+        super().__init__(f"{where}: {message}" if where else message, param=key)
+
+    def at(self, source: str, key_prefix: str = "") -> ConfigError:
+        """The same error, located in ``source`` (and below ``key_prefix``)."""
+        key = ".".join(part for part in (key_prefix, self.key) if part) or None
+        return ConfigError(self.reason, source=self.source or source, key=key)
 
 
 class InvalidRequestError(LLMRouterError):

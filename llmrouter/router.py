@@ -11,12 +11,13 @@ from decimal import Decimal
 from typing import Any
 
 from .billing import Prices, estimate_usage, reservation_nanos, usage_or_estimate, usd_to_nanos
-from .config import Settings, load_settings
+from .config import Settings, load_settings, source_label
 from .dispatch import Dispatcher
-from .errors import InvalidRequestError, LLMRouterError
+from .errors import ConfigError, InvalidRequestError, LLMRouterError
 from .keys import KeyAuthenticator
 from .metering import MeteredStream, StreamEnd
 from .naming import ModelCatalog, Target
+from .providers.base import ProviderAdapter
 from .providers.registry import build_adapter
 from .quota import QuotaPolicy, RateLimitInfo
 from .schemas import ChatCompletion, ChatRequest, ModelCard, ModelList, Usage, parse_chat_request
@@ -47,12 +48,12 @@ class Router:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
-        self.store = store or Store(settings.database_url)
         self.catalog = ModelCatalog(settings)
         self.quota = QuotaPolicy(settings.quota)
-        self.keys = KeyAuthenticator(self.store, ttl_seconds=settings.key_cache_seconds)
-        self.adapters = {p.name: build_adapter(p) for p in settings.providers}
+        self.adapters = _build_adapters(settings)
         self.dispatcher = Dispatcher(self.adapters, sleep=sleep)
+        self.store = store or Store(settings.database_url)
+        self.keys = KeyAuthenticator(self.store, ttl_seconds=settings.key_cache_seconds)
         self._clock = clock
         self.store.ensure_providers(list(self.adapters))
 
@@ -61,7 +62,11 @@ class Router:
         cls, source: str | os.PathLike[str] | Mapping[str, Any] | None = None, **kwargs: Any
     ) -> Router:
         """A Router from a TOML path, a dict, or (``None``) the embedded default."""
-        return cls(load_settings(source), **kwargs)
+        settings = load_settings(source)
+        try:
+            return cls(settings, **kwargs)
+        except ConfigError as exc:
+            raise exc.at(source_label(source)) from None
 
     def close(self) -> None:
         for adapter in self.adapters.values():
@@ -251,6 +256,16 @@ class Router:
 
     def provider_totals(self) -> list[ProviderTotal]:
         return self.store.provider_totals()
+
+
+def _build_adapters(settings: Settings) -> dict[str, ProviderAdapter]:
+    adapters = {}
+    for index, provider in enumerate(settings.providers):
+        try:
+            adapters[provider.name] = build_adapter(provider)
+        except ConfigError as exc:
+            raise exc.at("", f"providers[{index}]({provider.name})") from None
+    return adapters
 
 
 def _positive_nanos(amount: Decimal | str | int, field: str, *, allow_zero: bool = False) -> int:

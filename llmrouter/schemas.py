@@ -29,25 +29,32 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+class _Strict(_Open):
+    """A client-sent object: types are checked as OpenAI checks them ("yes" is no boolean,
+    "0.5" no number), unknown fields still carried through."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
 # --------------------------------------------------------------------------- request
 
 
-class ImageURL(_Open):
+class ImageURL(_Strict):
     url: str
     detail: Literal["auto", "low", "high"] | None = None
 
 
-class TextPart(_Open):
+class TextPart(_Strict):
     type: Literal["text"]
     text: str
 
 
-class ImagePart(_Open):
+class ImagePart(_Strict):
     type: Literal["image_url"]
     image_url: ImageURL
 
 
-class OtherPart(_Open):
+class OtherPart(_Strict):
     """Any other content part (input_audio, file, …): forwarded as is."""
 
     type: str
@@ -66,18 +73,18 @@ ContentPart = Annotated[
 ]
 
 
-class FunctionCall(_Open):
+class FunctionCall(_Strict):
     name: str
     arguments: str
 
 
-class ToolCall(_Open):
+class ToolCall(_Strict):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class Message(_Open):
+class Message(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
@@ -101,37 +108,45 @@ class Message(_Open):
         return "".join(p.text for p in self.content if isinstance(p, TextPart))
 
 
-class FunctionDefinition(_Open):
+class FunctionDefinition(_Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
 
-class Tool(_Open):
+class Tool(_Strict):
     type: Literal["function"]
     function: FunctionDefinition
 
 
 class NamedFunction(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     name: str
 
 
 class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     type: Literal["function"]
     function: NamedFunction
 
 
-class JSONSchemaFormat(_Open):
+class JSONSchemaFormat(_Strict):
     name: str
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     strict: bool | None = None
     description: str | None = None
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
+    model_config = ConfigDict(
+        extra="allow", strict=True, populate_by_name=True, serialize_by_alias=True
+    )
 
 
 class ResponseFormat(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JSONSchemaFormat | None = None
 
@@ -142,11 +157,11 @@ class ResponseFormat(BaseModel):
         return self
 
 
-class StreamOptions(_Open):
+class StreamOptions(_Strict):
     include_usage: bool | None = None
 
 
-class ChatRequest(_Open):
+class ChatRequest(_Strict):
     """``POST /v1/chat/completions`` body (OpenAI's fields, validated; others passed on)."""
 
     model: str = Field(min_length=1)

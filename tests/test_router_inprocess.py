@@ -17,7 +17,7 @@ from llmrouter import (
 )
 from llmrouter.errors import UpstreamError
 from tests.conftest import gateway_config
-from tests.upstreams.openai_server import Fault, FakeOpenAI
+from tests.upstreams.openai_server import FakeOpenAI, Fault
 
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -37,14 +37,22 @@ def test_chat_returns_openai_body(router: Router, api_key: str) -> None:
     body = completion.model_dump(exclude_none=True)
     assert body["object"] == "chat.completion"
     assert body["choices"] == [
-        {"index": 0, "message": {"role": "assistant", "content": "hello there"}, "finish_reason": "stop"}
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "hello there"},
+            "finish_reason": "stop",
+        }
     ]
     assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
 
 
-def test_provider_name_is_case_insensitive_and_aliases_resolve(router: Router, api_key: str) -> None:
+def test_provider_name_is_case_insensitive_and_aliases_resolve(
+    router: Router, api_key: str
+) -> None:
     for name in ("openai#gpt-4o-mini", "OPENAI#gpt-4o-mini", "gpt-4o-mini"):
-        assert router.chat(model=name, messages=HELLO, api_key=api_key).model == "OpenAI#gpt-4o-mini"
+        assert (
+            router.chat(model=name, messages=HELLO, api_key=api_key).model == "OpenAI#gpt-4o-mini"
+        )
     assert router.chat(model="altllm-basic", messages=HELLO, api_key=api_key).model == "echo#echo"
 
 
@@ -60,7 +68,10 @@ def test_unlisted_model_allowed_only_where_configured(make_router: Callable[...,
     config["providers"][0]["allow_unlisted_models"] = True
     router = make_router(config)
     key = router.create_key("k")[1]
-    assert router.chat(model="echo#anything-new", messages=HELLO, api_key=key).model == "echo#anything-new"
+    assert (
+        router.chat(model="echo#anything-new", messages=HELLO, api_key=key).model
+        == "echo#anything-new"
+    )
     strict = make_router(gateway_config())
     with pytest.raises(ModelNotFoundError):
         strict.chat(model="echo#anything-new", messages=HELLO, api_key=strict.create_key("k")[1])
@@ -112,7 +123,10 @@ def test_content_parts_are_accepted(router: Router, api_key: str) -> None:
             ],
         }
     ]
-    assert router.chat(model="echo", messages=messages, api_key=api_key).choices[0].message.content == "look here"
+    assert (
+        router.chat(model="echo", messages=messages, api_key=api_key).choices[0].message.content
+        == "look here"
+    )
 
 
 @pytest.mark.parametrize(
@@ -124,7 +138,10 @@ def test_content_parts_are_accepted(router: Router, api_key: str) -> None:
         ({"stop": 3}, "stop"),
         ({"tool_choice": "always"}, "tool_choice"),
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
-        ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content[0].text"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text"}]}]},
+            "messages[0].content[0].text",
+        ),
         ({"messages": []}, "messages"),
         ({"model": ""}, "model"),
         ({"response_format": {"type": "yaml"}}, "response_format.type"),
@@ -167,7 +184,9 @@ def test_secret_is_stored_only_as_a_hash(router: Router) -> None:
 
 
 def test_stream_yields_chunk_models_and_bills(router: Router, api_key: str) -> None:
-    chunks = list(router.chat(model="OpenAI#gpt-4o-mini", messages=HELLO, api_key=api_key, stream=True))
+    chunks = list(
+        router.chat(model="OpenAI#gpt-4o-mini", messages=HELLO, api_key=api_key, stream=True)
+    )
     assert all(isinstance(c, ChatCompletionChunk) for c in chunks)
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "You said: hello there"
     (row,) = router.usage()
@@ -179,7 +198,9 @@ def test_closing_a_stream_early_releases_the_upstream(
 ) -> None:
     fake_openai.script.append(Fault(chunk_pause=0.1))
     long_text = [{"role": "user", "content": " ".join(["word"] * 40)}]
-    stream = router.chat(model="OpenAI#gpt-4o-mini", messages=long_text, api_key=api_key, stream=True)
+    stream = router.chat(
+        model="OpenAI#gpt-4o-mini", messages=long_text, api_key=api_key, stream=True
+    )
     for _, _chunk in zip(range(3), stream, strict=False):
         pass
     stream.close()
@@ -206,6 +227,9 @@ def test_stream_errors_before_output_raise_and_bill_nothing(
 def test_echo_honours_max_tokens_and_stop(router: Router, api_key: str) -> None:
     messages = [{"role": "user", "content": "one two three four. five"}]
     short = router.chat(model="echo", messages=messages, api_key=api_key, max_tokens=2)
-    assert (short.choices[0].message.content, short.choices[0].finish_reason) == ("one two", "length")
+    assert (short.choices[0].message.content, short.choices[0].finish_reason) == (
+        "one two",
+        "length",
+    )
     stopped = router.chat(model="echo", messages=messages, api_key=api_key, stop=".")
     assert stopped.choices[0].message.content == "one two three four"

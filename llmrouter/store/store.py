@@ -11,7 +11,13 @@ from typing import Any
 
 from sqlalchemy import Connection, create_engine, event, func, insert, select, text, update
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.pool import StaticPool
 
 from ..errors import ConfigError, NotFoundError, StoreUnavailableError
@@ -422,6 +428,13 @@ def _create_engine(database_url: str) -> Engine:
             event.listen(engine, "connect", _mysql_left_to_right)
             return engine
         return create_engine(url, pool_pre_ping=True)
+    except NoSuchModuleError:
+        raise ConfigError(
+            f"no database driver for '{url.drivername}' in '{url.render_as_string()}'",
+            key="database_url",
+        ) from None
+    except ArgumentError as exc:
+        raise ConfigError(str(exc), key="database_url") from None
     except ModuleNotFoundError as exc:
         extra = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}.get(backend)
         hint = f"; install it with: pip install 'llmrouter[{extra}]'" if extra else ""
