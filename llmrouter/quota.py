@@ -23,7 +23,15 @@ MINUTE_MS = 60_000
 class RateLimitInfo:
     limit: int
     remaining: int
-    reset: int  # Unix seconds
+    reset_ms: int  # Unix milliseconds
+
+    @property
+    def reset(self) -> int:
+        """Unix seconds, rounded up: never earlier than the real reset."""
+        return -(-self.reset_ms // 1000)
+
+    def seconds_from(self, now_ms: int) -> int:
+        return -(-(self.reset_ms - now_ms) // 1000)
 
     def headers(self) -> dict[str, str]:
         return {
@@ -47,7 +55,6 @@ class QuotaPolicy:
         kind = admission.kind
         if kind.admitted:
             return info
-        now_s = admission.at // 1000
         if kind is AdmissionKind.REJECTED_PER_MINUTE:
             wait_ms = MINUTE_MS - admission.at % MINUTE_MS
             raise RateLimitError(
@@ -71,9 +78,9 @@ class QuotaPolicy:
         )
         raise RateLimitError(
             f"Daily fair-use allowance of {admission.daily_limit} requests used; the key is "
-            f"throttled to one request per throttle window. Try again in {info.reset - now_s} s."
+            f"throttled to one request per throttle window. Try again in {info.seconds_from(admission.at)} s."
             + balance_note,
-            retry_after=info.reset - now_s,
+            retry_after=info.seconds_from(admission.at),
             headers=info.headers(),
         )
 
@@ -85,4 +92,4 @@ def rate_limit_info(admission: Admission) -> RateLimitInfo:
         reset_ms = midnight
     else:
         reset_ms = min(max(admission.next_slot_at, admission.at), midnight)
-    return RateLimitInfo(admission.daily_limit, remaining, -(-reset_ms // 1000))
+    return RateLimitInfo(admission.daily_limit, remaining, reset_ms)

@@ -171,3 +171,16 @@ def test_serve_answers_unknown_routes_with_openai_errors(served: str) -> None:
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
     response = requests.delete(served + "/health", timeout=5)
     assert response.status_code == 405 and "error" in response.json()
+
+
+def test_the_in_process_example_runs() -> None:
+    example = Path(__file__).parent.parent / "examples" / "in_process.py"
+    result = subprocess.run(
+        [sys.executable, str(example)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        "reply: Hello!" in result.stdout
+        and "throttled:" in result.stdout
+        and "paid call: paid" in result.stdout
+    )

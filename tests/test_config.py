@@ -126,3 +126,25 @@ def test_unknown_fallback_is_refused() -> None:
 def test_missing_database_driver_says_which_extra(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"database_url"):
         Router.from_config({"database_url": "postgresql+nosuchdriver://x@127.0.0.1/db"})
+
+
+def test_the_example_config_builds_a_router(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "MISTRAL_API_KEY"):
+        monkeypatch.setenv(name, f"test-{name.lower()}")
+    example = Path(__file__).parent.parent / "examples" / "llmrouter.toml"
+    monkeypatch.chdir(tmp_path)  # its SQLite file lands here
+    router = Router.from_config(example)
+    try:
+        assert router.catalog.resolve("claude#claude-sonnet-4-5").provider == "Anthropic"
+        assert router.catalog.resolve("altllm-basic").public_id == "OpenAI#gpt-4o-mini"
+        assert {p.kind for p in router.settings.providers} == {
+            "openai",
+            "anthropic",
+            "gemini",
+            "mistral",
+            "openai-compatible",
+        }
+    finally:
+        router.close()
