@@ -76,11 +76,11 @@ class QuotaPolicy:
             if admission.balance_nanos
             else " A prepaid top-up lifts the throttle."
         )
+        wait = info.seconds_from(admission.at)
         raise RateLimitError(
             f"Daily fair-use allowance of {admission.daily_limit} requests used; the key is "
-            f"throttled to one request per throttle window. Try again in {info.seconds_from(admission.at)} s."
-            + balance_note,
-            retry_after=info.seconds_from(admission.at),
+            f"throttled to one request per throttle window. Try again in {wait} s." + balance_note,
+            retry_after=wait,
             headers=info.headers(),
         )
 
