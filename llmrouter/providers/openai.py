@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import requests
 from pydantic import ValidationError
@@ -23,6 +23,8 @@ class OpenAIAdapter(ProviderAdapter):
 
     kind = "openai"
     default_base_url = "https://api.openai.com/v1"
+    #: request fields this kind of upstream refuses: never sent (``drop_fields`` adds to them)
+    unsupported_fields: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
@@ -31,13 +33,25 @@ class OpenAIAdapter(ProviderAdapter):
         secret = settings.secret()
         self.headers = {"Authorization": f"Bearer {secret}"} if secret else {}
         self.headers.update(settings.headers)
+        self.never_sent = self.unsupported_fields | frozenset(settings.drop_fields)
 
     def build_body(self, request: ChatRequest, upstream_model: str) -> dict[str, Any]:
-        body = request.upstream_body(upstream_model)
-        if request.stream and self.settings.stream_usage:
+        """The JSON body for this upstream: the request in its dialect, minus what it refuses."""
+        body = self.to_dialect(request.upstream_body(upstream_model))
+        if not self.settings.stream_usage:
+            # The server lacks stream_options, so not even the client's are sent; the
+            # Router estimates the usage of such streams.
+            body.pop("stream_options", None)
+        elif request.stream:
             # Billing needs the token counts; the Router hides the usage chunk from
             # clients that did not ask for it.
             body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
+        for name in self.never_sent:
+            body.pop(name, None)
+        return body
+
+    def to_dialect(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` rewritten for a variant of OpenAI's format (OpenAI's own: unchanged)."""
         return body
 
     def chat(self, request: ChatRequest, upstream_model: str) -> ChatCompletion:
@@ -88,7 +102,11 @@ class OpenAIAdapter(ProviderAdapter):
 
 @register
 class OpenAICompatibleAdapter(OpenAIAdapter):
-    """Any server speaking OpenAI's format at ``base_url`` (vLLM, Ollama, LM Studio, …)."""
+    """Any server speaking OpenAI's format at ``base_url`` (vLLM, Ollama, LM Studio, …).
+
+    Fields such a server refuses are named in ``drop_fields``; ``stream_usage = false``
+    serves one without ``stream_options``.
+    """
 
     kind = "openai-compatible"
 

@@ -1,0 +1,307 @@
+"""Retries, fallbacks and cooldowns against a failing upstream, over real HTTP on 127.0.0.1.
+
+The fake OpenAI upstream follows a script of faults; ``fake_openai.answered`` counts the
+requests that reached it. Waits before retries are recorded, not slept.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import openai
+import pytest
+from sqlalchemy import select
+
+from llmrouter import Router
+from llmrouter.dispatch import MAX_RETRY_WAIT_SECONDS
+from llmrouter.errors import UpstreamRejectedError
+from llmrouter.store.tables import ledger
+from tests.conftest import gateway_config
+from tests.upstreams.openai_server import FakeOpenAI, Fault
+
+GPT = "OpenAI#gpt-4o-mini"
+HELLO = [{"role": "user", "content": "hello there"}]
+WRONG_KEY = "sk-wrong-key-0123456789abcdef"
+
+
+def with_openai(**settings: Any) -> pytest.MarkDecorator:
+    """Run the test with the OpenAI provider's settings changed (``fallbacks``: its model's)."""
+    return pytest.mark.parametrize("openai_settings", [settings], ids=[",".join(settings)])
+
+
+@pytest.fixture
+def openai_settings() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+def waits() -> list[float]:
+    """The seconds the dispatcher waited before each retry."""
+    return []
+
+
+@pytest.fixture
+def router(
+    make_router: Callable[..., Router],
+    fake_openai: FakeOpenAI,
+    openai_settings: dict[str, Any],
+    waits: list[float],
+) -> Router:
+    """The echo provider and the OpenAI one (no backoff), served by ``live_api``."""
+    config = gateway_config(fake_openai.url)
+    provider = config["providers"][1]
+    settings = dict(openai_settings)
+    provider["models"][0]["fallbacks"] = settings.pop("fallbacks", [])
+    provider.update(settings)
+    return make_router(config, sleep=waits.append)
+
+
+@pytest.fixture
+def client(live_api: str, api_key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=live_api + "/v1", api_key=api_key, max_retries=0)
+
+
+def ledger_rows(router: Router) -> list[Any]:
+    with router.store.transaction() as conn:
+        return list(conn.execute(select(ledger).order_by(ledger.c.id)).all())
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+# --------------------------------------------------------------------------- retries
+
+
+def test_a_500_is_retried_and_the_call_billed_once(
+    router: Router, api_key: str, fake_openai: FakeOpenAI, waits: list[float]
+) -> None:
+    fake_openai.script.append(Fault(status=500))
+
+    completion = router.chat(model=GPT, messages=HELLO, api_key=api_key)
+
+    assert completion.choices[0].message.content == "You said: hello there"
+    assert fake_openai.answered == 2
+    assert waits == [0.0]
+    [row] = ledger_rows(router)
+    assert row.status == "ok" and row.provider == "OpenAI" and row.cost_nanos > 0
+    [usage] = router.usage()
+    assert (usage.requests, usage.failed) == (1, 0)
+
+
+def test_retry_after_is_honoured(
+    router: Router, api_key: str, fake_openai: FakeOpenAI, waits: list[float]
+) -> None:
+    fake_openai.script.append(Fault(status=429, retry_after=2.5))
+
+    completion = router.chat(model=GPT, messages=HELLO, api_key=api_key)
+
+    assert completion.model == GPT
+    assert waits == [2.5]
+    assert fake_openai.answered == 2
+
+
+@with_openai(fallbacks=["echo#echo"])
+def test_a_retry_after_too_long_to_wait_for_goes_to_the_fallback_at_once(
+    router: Router, api_key: str, fake_openai: FakeOpenAI, waits: list[float]
+) -> None:
+    fake_openai.script.append(Fault(status=429, retry_after=MAX_RETRY_WAIT_SECONDS + 1))
+
+    completion = router.chat(model=GPT, messages=HELLO, api_key=api_key)
+
+    assert completion.model == "echo#echo"
+    assert waits == []
+    assert fake_openai.answered == 1
+
+
+@with_openai(fallbacks=["echo#echo"])
+def test_exhausted_retries_fall_back_and_name_the_fallback(
+    client: openai.OpenAI, router: Router, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script.extend([Fault(status=503)] * 3)
+
+    raw = client.chat.completions.with_raw_response.create(model=GPT, messages=HELLO)
+
+    assert fake_openai.answered == 3  # max_retries = 2
+    assert raw.headers["X-LLMRouter-Provider"] == "echo"
+    assert raw.parse().model == "echo#echo"
+    [row] = ledger_rows(router)
+    assert (row.provider, row.model, row.status) == ("echo", "echo#echo", "ok")
+
+
+def test_upstream_429_with_no_fallback_left_is_our_429(
+    client: openai.OpenAI, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script.extend([Fault(status=429)] * 3)
+
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model=GPT, messages=HELLO)
+
+    assert caught.value.status_code == 429
+    assert caught.value.code == "upstream_rate_limited"
+    assert fake_openai.answered == 3
+
+
+def test_an_upstream_retry_after_too_long_to_wait_for_reaches_the_client(
+    client: openai.OpenAI, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script.append(Fault(status=429, retry_after=60))
+
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model=GPT, messages=HELLO)
+
+    assert fake_openai.answered == 1
+    assert caught.value.response.headers.get("Retry-After") == "60"
+
+
+@with_openai(api_key=WRONG_KEY, fallbacks=["echo#echo"])
+def test_a_refused_key_is_not_retried_but_falls_back(
+    router: Router, api_key: str, fake_openai: FakeOpenAI
+) -> None:
+    completion = router.chat(model=GPT, messages=HELLO, api_key=api_key)
+
+    assert completion.model == "echo#echo"
+    assert fake_openai.answered == 1
+
+
+@with_openai(api_key=WRONG_KEY)
+def test_a_refused_key_without_fallback_is_our_502(
+    client: openai.OpenAI, fake_openai: FakeOpenAI
+) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model=GPT, messages=HELLO)
+
+    assert caught.value.status_code == 502
+    assert caught.value.code == "upstream_auth_error"
+    assert WRONG_KEY not in caught.value.response.text
+    assert fake_openai.answered == 1
+
+
+@with_openai(fallbacks=["echo#echo"])
+def test_a_400_is_neither_retried_nor_fallen_back(
+    router: Router, api_key: str, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script.append(Fault(status=400))
+
+    with pytest.raises(UpstreamRejectedError) as caught:
+        router.chat(model=GPT, messages=HELLO, api_key=api_key)
+
+    assert caught.value.status == 400
+    assert "scripted failure 400" in caught.value.message
+    assert fake_openai.answered == 1
+    assert [row.status for row in ledger_rows(router)] == ["failed"]
+
+
+# --------------------------------------------------------------------------- cooldowns
+
+
+@with_openai(max_retries=0, cooldown_after=2, cooldown_seconds=0.5, fallbacks=["echo#echo"])
+def test_a_failing_provider_cools_down_then_is_tried_again(
+    router: Router, api_key: str, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script.extend([Fault(status=500)] * 2)
+
+    def served() -> str:
+        return router.chat(model=GPT, messages=HELLO, api_key=api_key).model
+
+    assert [served(), served()] == ["echo#echo"] * 2
+    assert fake_openai.answered == 2  # two failures in a row: cooling down from here
+    assert served() == "echo#echo"
+    assert fake_openai.answered == 2  # skipped while cooling
+
+    time.sleep(0.6)
+    assert served() == GPT
+    assert fake_openai.answered == 3
+
+
+# --------------------------------------------------------------------------- timeouts
+
+
+@with_openai(read_timeout=0.2, max_retries=0)
+def test_a_read_timeout_is_our_504(client: openai.OpenAI, fake_openai: FakeOpenAI) -> None:
+    fake_openai.script.append(Fault(delay=0.6))
+
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model=GPT, messages=HELLO)
+
+    assert caught.value.status_code == 504
+    assert caught.value.code == "upstream_timeout"
+    # Let the slow answer finish, so that it does not land in the next test's records.
+    assert wait_for(lambda: len(fake_openai.requests) == 1)
+
+
+# --------------------------------------------------------------------------- streams
+
+
+def test_a_stream_failing_before_its_first_chunk_is_retried(
+    client: openai.OpenAI, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script.append(Fault(status=500))
+
+    stream = client.chat.completions.create(model=GPT, messages=HELLO, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    assert text == "You said: hello there"
+    assert fake_openai.answered == 2
+
+
+@pytest.mark.parametrize(
+    "fault", [Fault(error_event_after=2), Fault(drop_after=2)], ids=["error-event", "dropped"]
+)
+def test_a_stream_failing_after_chunks_is_not_retried_and_ends_in_an_error(
+    client: openai.OpenAI, router: Router, fake_openai: FakeOpenAI, fault: Fault
+) -> None:
+    fake_openai.script.append(fault)
+    received: list[str] = []
+
+    with pytest.raises(openai.APIError):
+        for chunk in client.chat.completions.create(model=GPT, messages=HELLO, stream=True):
+            received.append(chunk.choices[0].delta.content or "")
+
+    assert "".join(received) == "You said:"
+    assert fake_openai.answered == 1
+    assert wait_for(lambda: len(ledger_rows(router)) == 1)
+    [row] = ledger_rows(router)
+    assert row.status == "partial" and row.cost_nanos > 0
+
+
+# --------------------------------------------------------------------------- unreachable
+
+
+def closed_loopback_url() -> str:
+    """A loopback address nothing listens on: connecting is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+class TestAnUnreachableUpstream:
+    @pytest.fixture
+    def openai_settings(self) -> dict[str, Any]:
+        return {"base_url": closed_loopback_url()}
+
+    def test_is_our_502_billed_nothing_and_the_allowance_handed_back(
+        self, client: openai.OpenAI, router: Router, waits: list[float]
+    ) -> None:
+        with pytest.raises(openai.APIStatusError) as caught:
+            client.chat.completions.create(model=GPT, messages=HELLO)
+
+        assert caught.value.status_code == 502
+        assert caught.value.code == "upstream_error"
+        assert len(waits) == 2  # retried like any broken connection
+        [row] = ledger_rows(router)
+        assert (row.status, row.cost_nanos, row.charged_nanos) == ("failed", 0, 0)
+        assert (row.prompt_tokens, row.completion_tokens) == (0, 0)
+
+        raw = client.chat.completions.with_raw_response.create(model="echo#echo", messages=HELLO)
+        allowance = router.settings.quota.daily_requests
+        assert raw.headers["X-RateLimit-Remaining"] == str(allowance - 1)

@@ -1,0 +1,290 @@
+"""A fake Mistral chat API (``POST /v1/chat/completions``) that is as strict as Mistral.
+
+It refuses, in Mistral's error shapes, any field Mistral's schema lacks (422, so OpenAI's
+``seed`` and ``stream_options`` fail, as do ``name`` on a user message and the
+``developer`` role), tool-call ids that are not 9 letters and digits, and tool results
+answering no earlier call (400).
+
+Answers are deterministic: "You said: <last user text>" (cut at a ``stop`` sequence, and
+wrapped as ``{"echo": …}`` in JSON mode), "The tool said: <result>" after tool results,
+or tool calls with ids ``call00001``, ``call00002``… for each tool the user names, the
+first tool when ``tool_choice`` is ``any``/``required``, or the tool it names. Streams go
+word by word and carry the usage in their last chunk, as Mistral's do. Tokens are words.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, Response, request
+
+API_KEY = "mistral-test-key-0123456789abcdef"
+
+# The request fields of Mistral's chat completion schema.
+FIELDS = {
+    "model", "messages", "temperature", "top_p", "max_tokens", "stream", "stop",
+    "random_seed", "metadata", "response_format", "tools", "tool_choice",
+    "presence_penalty", "frequency_penalty", "n", "prediction", "parallel_tool_calls",
+    "prompt_mode", "reasoning_effort", "safe_prompt",
+}  # fmt: skip
+_MESSAGE_FIELDS = {
+    "system": {"role", "content"},
+    "user": {"role", "content"},
+    "assistant": {"role", "content", "tool_calls", "prefix"},
+    "tool": {"role", "content", "tool_call_id", "name"},
+}
+_TOOL_CHOICES = {"auto", "none", "any", "required"}
+_TOOL_CALL_ID = re.compile(r"^[a-zA-Z0-9]{9}$")
+
+
+class Refused(Exception):
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(body)
+        self.status, self.body = status, body
+
+
+@dataclass
+class FakeMistral:
+    api_key: str = API_KEY
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    _calls: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def last(self) -> dict[str, Any]:
+        """The body of the last request that carried the right key."""
+        return self.requests[-1]
+
+    def app(self) -> Flask:
+        app = Flask("fake-mistral")
+        app.add_url_rule("/v1/chat/completions", view_func=self._chat, methods=["POST"])
+        return app
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.headers.clear()
+            self._calls = 0
+
+    def _chat(self) -> Response:
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return _json(401, {"message": "Unauthorized", "request_id": "0" * 32})
+        body = request.get_json(force=True, silent=True)
+        with self._lock:
+            self.requests.append(body)
+            self.headers.append(dict(request.headers))
+        try:
+            _check(body)
+        except Refused as exc:
+            return _json(exc.status, exc.body)
+        answer = self._answer(body)
+        if body.get("stream"):
+            return Response(answer.events(), mimetype="text/event-stream")
+        return _json(200, answer.completion())
+
+    def _answer(self, body: dict[str, Any]) -> _Answer:
+        last = body["messages"][-1]
+        tools = [t["function"] for t in body.get("tools") or []]
+        choice = body.get("tool_choice", "auto")
+        wanted: list[dict[str, Any]] = []
+        if tools and choice != "none" and last["role"] != "tool":
+            if isinstance(choice, dict):
+                wanted = [t for t in tools if t["name"] == choice["function"]["name"]]
+            elif choice in ("any", "required"):
+                wanted = tools[:1]
+            else:
+                wanted = [t for t in tools if t["name"] in _text(last)]
+        with self._lock:
+            first = self._calls + 1
+            self._calls += len(wanted)
+        calls = [
+            {
+                "id": f"call{first + index:05d}",
+                "type": "function",
+                "function": {"name": tool["name"], "arguments": json.dumps(_arguments(tool))},
+                "index": index,
+            }
+            for index, tool in enumerate(wanted)
+        ]
+        return _Answer(body["model"], "" if calls else _reply(body), calls, _prompt_tokens(body))
+
+
+@dataclass
+class _Answer:
+    model: str
+    text: str
+    calls: list[dict[str, Any]]
+    prompt_tokens: int
+    id: str = "cmpl-fake"
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def finish_reason(self) -> str:
+        return "tool_calls" if self.calls else "stop"
+
+    def usage(self) -> dict[str, int]:
+        completion = len(self.text.split()) + sum(
+            len(c["function"]["arguments"].split()) for c in self.calls
+        )
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        }
+
+    def completion(self) -> dict[str, Any]:
+        message = {"role": "assistant", "content": self.text, "tool_calls": self.calls or None}
+        return {
+            **self._head("chat.completion"),
+            "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason}],
+            "usage": self.usage(),
+        }
+
+    def events(self) -> Iterator[str]:
+        deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+        words = self.text.split(" ") if self.text else []
+        deltas += [{"content": word if i == 0 else " " + word} for i, word in enumerate(words)]
+        if self.calls:
+            # Mistral sends each tool call whole, in one chunk.
+            deltas.append({"content": "", "tool_calls": self.calls})
+        for delta in deltas:
+            yield self._chunk(delta, None)
+        yield self._chunk({"content": ""}, self.finish_reason, usage=self.usage())
+        yield "data: [DONE]\n\n"
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None, **extra: Any) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        payload = {**self._head("chat.completion.chunk"), "choices": [choice], **extra}
+        return f"data: {json.dumps(payload)}\n\n"
+
+    def _head(self, kind: str) -> dict[str, Any]:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check(body: Any) -> None:
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        raise _invalid([{"type": "missing", "loc": ["body", "messages"], "msg": "Field required"}])
+    problems = [_extra(["body", name], body[name]) for name in body if name not in FIELDS]
+    for index, message in enumerate(body["messages"]):
+        role = message.get("role")
+        allowed = _MESSAGE_FIELDS.get(role)
+        if allowed is None:
+            problems.append(
+                {
+                    "type": "union_tag_invalid",
+                    "loc": ["body", "messages", index],
+                    "msg": f"Input tag '{role}' found using 'role' does not match any of the "
+                    "expected tags: 'assistant', 'system', 'tool', 'user'",
+                    "input": message,
+                }
+            )
+            continue
+        problems += [
+            _extra(["body", "messages", index, role, key], message[key])
+            for key in message
+            if key not in allowed
+        ]
+    choice = body.get("tool_choice")
+    if isinstance(choice, str) and choice not in _TOOL_CHOICES:
+        problems.append(
+            {
+                "type": "enum",
+                "loc": ["body", "tool_choice"],
+                "msg": "Input should be 'auto', 'none', 'any' or 'required'",
+                "input": choice,
+            }
+        )
+    if problems:
+        raise _invalid(problems)
+    _check_tool_call_ids(body["messages"])
+
+
+def _check_tool_call_ids(messages: list[dict[str, Any]]) -> None:
+    called: set[str] = set()
+    for message in messages:
+        for call in message.get("tool_calls") or []:
+            called.add(_valid_id(call.get("id")))
+        if message["role"] == "tool" and _valid_id(message.get("tool_call_id")) not in called:
+            raise Refused(
+                400,
+                _error(
+                    f"Unexpected tool call id {message['tool_call_id']} in tool results",
+                    "invalid_request_message_order",
+                ),
+            )
+
+
+def _valid_id(tool_call_id: Any) -> str:
+    if not isinstance(tool_call_id, str) or not _TOOL_CALL_ID.match(tool_call_id):
+        raise Refused(
+            400,
+            _error(
+                f"Tool call id was {tool_call_id} but must be a-z, A-Z, 0-9, with a length of 9.",
+                "invalid_request_error",
+            ),
+        )
+    return tool_call_id
+
+
+def _extra(loc: list[Any], value: Any) -> dict[str, Any]:
+    return {
+        "type": "extra_forbidden",
+        "loc": loc,
+        "msg": "Extra inputs are not permitted",
+        "input": value,
+    }
+
+
+def _invalid(problems: list[dict[str, Any]]) -> Refused:
+    body = _error({"detail": problems}, "invalid_request_error")
+    return Refused(422, body)
+
+
+def _error(message: Any, kind: str) -> dict[str, Any]:
+    return {"object": "error", "message": message, "type": kind, "param": None, "code": None}
+
+
+# --------------------------------------------------------------------------- answers
+
+
+def _reply(body: dict[str, Any]) -> str:
+    last = body["messages"][-1]
+    text = ("The tool said: " if last["role"] == "tool" else "You said: ") + _text(last)
+    stops = body.get("stop") or []
+    for stop in [stops] if isinstance(stops, str) else stops:
+        text = text.split(stop)[0]
+    if body.get("max_tokens"):
+        text = " ".join(text.split(" ")[: body["max_tokens"]])
+    if (body.get("response_format") or {}).get("type") in ("json_object", "json_schema"):
+        text = json.dumps({"echo": text})
+    return text
+
+
+def _text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+    return content or ""
+
+
+def _prompt_tokens(body: dict[str, Any]) -> int:
+    return sum(len(_text(m).split()) for m in body["messages"])
+
+
+def _arguments(tool: dict[str, Any]) -> dict[str, Any]:
+    schema = tool.get("parameters") or {}
+    return {name: "42" for name in schema.get("required", [])}
+
+
+def _json(status: int, body: dict[str, Any]) -> Response:
+    return Response(json.dumps(body), status=status, mimetype="application/json")
