@@ -26,6 +26,7 @@ Adapters raise only the ``Upstream*`` branch; the Router raises the rest.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -194,6 +195,12 @@ class UpstreamRateLimitError(UpstreamError):
     status = 429
     type = "rate_limit_error"
     code = "upstream_rate_limited"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        if self.retry_after is not None:
+            # Passed on, so that a client waits as long as the provider asked.
+            self.headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
 
 
 class UpstreamTimeoutError(UpstreamError):

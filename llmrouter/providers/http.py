@@ -112,7 +112,8 @@ def upstream_message(response: requests.Response) -> str:
 
 
 def message_of(body: Any) -> str | None:
-    """``error.message`` (OpenAI, Anthropic, Gemini), ``message`` or ``detail`` (Mistral)."""
+    """``error.message`` (OpenAI, Anthropic, Gemini), ``message`` or ``detail`` (Mistral,
+    whose validation errors are lists of ``{"loc", "msg"}``, shown as ``loc: msg``)."""
     if not isinstance(body, dict):
         return None
     error = body.get("error")
@@ -121,8 +122,15 @@ def message_of(body: Any) -> str | None:
     if isinstance(error, str):
         return error
     for key in ("message", "detail"):
-        if isinstance(body.get(key), str):
-            return body[key]
+        value = body.get(key)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, dict):
+            return message_of(value)
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            return "; ".join(
+                ".".join(str(p) for p in v.get("loc", [])) + f": {v.get('msg', '')}" for v in value
+            )
     return None
 
 
