@@ -227,11 +227,25 @@ class Usage(_Open):
     total_tokens: int = 0
 
 
+def _text_of_parts(content: Any) -> Any:
+    """Some OpenAI-format servers (Mistral's reasoning models) answer with a list of parts;
+    clients get the text parts joined, thinking parts left out."""
+    if isinstance(content, list):
+        return "".join(
+            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return content
+
+
 class AssistantMessage(_Open):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
     tool_calls: list[ToolCall] | None = None
     refusal: str | None = None
+
+    _content = field_validator("content", mode="before")(
+        classmethod(lambda cls, v: _text_of_parts(v))
+    )
 
 
 class Choice(_Open):
@@ -270,6 +284,10 @@ class Delta(_Open):
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
     refusal: str | None = None
+
+    _content = field_validator("content", mode="before")(
+        classmethod(lambda cls, v: _text_of_parts(v))
+    )
 
 
 class ChunkChoice(_Open):

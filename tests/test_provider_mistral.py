@@ -385,3 +385,13 @@ def test_router_bills_a_mistral_stream_from_the_usage_in_its_last_chunk(
         [row] = conn.execute(select(ledger)).all()
     assert (row.status, row.prompt_tokens, row.completion_tokens) == ("ok", 5, 7)
     assert not row.usage_estimated
+
+
+def test_reasoning_answers_reach_the_client_as_text_without_the_thinking(
+    adapter: ProviderAdapter, fake: FakeMistral
+) -> None:
+    answer = adapter.chat(ask("hello there"), "magistral-small-latest")
+    assert answer.choices[0].message.content == "You said: hello there"
+    streamed = adapter.stream(ask("hello there", stream=True), "magistral-small-latest")
+    text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert text == "You said: hello there"

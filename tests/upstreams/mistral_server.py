@@ -113,7 +113,13 @@ class FakeMistral:
             }
             for index, tool in enumerate(wanted)
         ]
-        return _Answer(body["model"], "" if calls else _reply(body), calls, _prompt_tokens(body))
+        return _Answer(
+            body["model"],
+            "" if calls else _reply(body),
+            calls,
+            _prompt_tokens(body),
+            reasoning=body["model"].startswith("magistral"),
+        )
 
 
 @dataclass
@@ -122,6 +128,8 @@ class _Answer:
     text: str
     calls: list[dict[str, Any]]
     prompt_tokens: int
+    #: magistral models answer with a list of parts: thinking first, then the text
+    reasoning: bool = False
     id: str = "cmpl-fake"
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -140,7 +148,10 @@ class _Answer:
         }
 
     def completion(self) -> dict[str, Any]:
-        message = {"role": "assistant", "content": self.text, "tool_calls": self.calls or None}
+        content: Any = self.text
+        if self.reasoning:
+            content = [_THINKING, {"type": "text", "text": self.text}]
+        message = {"role": "assistant", "content": content, "tool_calls": self.calls or None}
         return {
             **self._head("chat.completion"),
             "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason}],
@@ -149,6 +160,8 @@ class _Answer:
 
     def events(self) -> Iterator[str]:
         deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+        if self.reasoning:
+            deltas.append({"content": [_THINKING]})
         words = self.text.split(" ") if self.text else []
         deltas += [{"content": word if i == 0 else " " + word} for i, word in enumerate(words)]
         if self.calls:
@@ -166,6 +179,9 @@ class _Answer:
 
     def _head(self, kind: str) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+
+
+_THINKING = {"type": "thinking", "thinking": [{"type": "text", "text": "Let me think."}]}
 
 
 # --------------------------------------------------------------------------- checks
