@@ -1,25 +1,24 @@
-"""Google's Gemini API (generativelanguage v1beta): OpenAI chat requests as ``generateContent``.
+"""Google's Gemini API (generativelanguage v1beta): OpenAI chat requests as ``generateContent``
+and ``streamGenerateContent``, answers translated back. Choices where Gemini differs:
 
-Where Gemini has no exact counterpart, the adapter chooses:
-
-* Dropped fields: ``user``, ``logit_bias``, ``logprobs``/``top_logprobs``,
-  ``parallel_tool_calls``, a message's ``name`` and unknown extra fields. Gemini has no
-  such field (logprobs exist but are not translated) and rejects unknown JSON names.
-* System and developer messages, wherever they stand, become ``systemInstruction`` in order.
-* Images: ``data:`` URIs are sent inline; any other URL as ``fileData`` (Gemini fetches it)
-  with a MIME type guessed from the extension, ``image/jpeg`` when unknown.
-* Schemas (tool parameters, ``json_schema``) are reduced to Gemini's OpenAPI subset:
-  unsupported keywords dropped, local ``$ref`` inlined, ``oneOf`` read as ``anyOf``, a
-  ``null`` type as ``nullable``. What the subset cannot express (recursive or remote
-  ``$ref``, objects without properties, untyped values) is refused with a clear error.
+* Dropped: ``user``, ``logit_bias``, ``logprobs``, ``top_logprobs``, ``parallel_tool_calls``,
+  a message's ``name`` and unknown extra fields (Gemini rejects unknown JSON names).
+* System and developer messages, wherever they stand, become ``systemInstruction``.
+* Images: ``data:`` URIs go inline; other URLs as ``fileData`` for Gemini to fetch, with a
+  MIME type guessed from the extension (``image/jpeg`` when unknown).
+* Schemas (tool parameters, ``json_schema``) are reduced to Gemini's OpenAPI subset: other
+  keywords dropped, local ``$ref`` inlined, ``oneOf`` read as ``anyOf``, a null type as
+  ``nullable``; what it cannot express (recursive or remote ``$ref``, objects without
+  properties, untyped values) is refused with a 400 naming the place.
 * Replayed function calls carry Gemini's documented placeholder thought signature: the real
-  one does not survive a round trip through OpenAI's format, and Gemini 3 requires one.
-* A prompt Gemini blocks (``promptFeedback.blockReason``, no candidates) answers with empty
+  one does not survive OpenAI's format, and Gemini 3 refuses calls without any.
+* A blocked prompt (``promptFeedback.blockReason``, no candidates) answers with empty
   content and ``finish_reason: "content_filter"``, as OpenAI's own filter does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import secrets
@@ -56,16 +55,12 @@ from .http import HTTPTransport, message_of
 from .registry import register
 
 _FILTERED = ("SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY")
-_FINISH_REASONS = {
-    "STOP": "stop",
-    "MAX_TOKENS": "length",
-    **dict.fromkeys(_FILTERED, "content_filter"),
-}
+_FINISHES = {"STOP": "stop", "MAX_TOKENS": "length"} | dict.fromkeys(_FILTERED, "content_filter")
 _CHOICE_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 _IMAGE_TYPES = {f".{ext}": f"image/{ext}" for ext in ("png", "jpeg", "webp", "gif", "heic", "heif")}
 _IMAGE_TYPES |= {".jpg": "image/jpeg", ".pdf": "application/pdf"}
-# Keywords of Gemini's Schema copied as they are; type, properties, required, items and
-# anyOf are rebuilt. title, default and example are accepted by Gemini but only document.
+# Schema keywords copied as they are (type, properties, required, items and anyOf are
+# rebuilt); Gemini also takes title, default and example, but they only document.
 _BOUNDS = [f"{end}{what}" for end in ("min", "max") for what in ("Items", "Length", "Properties")]
 _SCHEMA_KEYWORDS = ["description", "minimum", "maximum", "pattern", "propertyOrdering", *_BOUNDS]
 _FORMATS = {
@@ -73,23 +68,33 @@ _FORMATS = {
     "NUMBER": ("float", "double"),
     "INTEGER": ("int32", "int64"),
 }
-# Gemini's documented stand-in for a thought signature lost in history transferred from
-# elsewhere; without any signature Gemini 3 rejects replayed function calls.
+# Gemini's documented stand-in for a signature lost with history brought from elsewhere.
 _PLACEHOLDER_SIGNATURE = "skip_thought_signature_validator"
 
 
 class _GeminiTransport(HTTPTransport):
-    """Gemini answers a bad key with 400 and puts the retry delay in the body: both mapped."""
+    """Gemini says in the error body what its status code does not: a bad key (400), a
+    refusal for the account rather than the request (400), the retry delay (429)."""
 
     def error_for(self, response: requests.Response) -> UpstreamError | UpstreamRejectedError:
         error = super().error_for(response)
-        details = _error_details(response)
+        status = response.status_code
+        try:
+            body = response.json()["error"]
+            details = [detail for detail in body.get("details", []) if isinstance(detail, dict)]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return error
         if any(detail.get("reason") == "API_KEY_INVALID" for detail in details):
-            return UpstreamAuthError(
-                error.message, provider=self.provider, upstream_status=response.status_code
-            )
+            return UpstreamAuthError(error.message, provider=self.provider, upstream_status=status)
+        if body.get("status") == "FAILED_PRECONDITION":
+            # A 400 for the account, not the request ("User location is not supported…",
+            # billing): another provider may well serve the same request.
+            return UpstreamError(error.message, provider=self.provider, upstream_status=status)
         if isinstance(error, UpstreamRateLimitError) and error.retry_after is None:
-            error.retry_after = _retry_delay(details)
+            # google.rpc.RetryInfo holds a protobuf Duration such as "37s".
+            delay = next((d["retryDelay"] for d in details if "retryDelay" in d), None)
+            with contextlib.suppress(ValueError):
+                error.retry_after = float(str(delay).removesuffix("s"))
         return error
 
 
@@ -103,7 +108,7 @@ class GeminiAdapter(ProviderAdapter):
         self.transport = _GeminiTransport(settings)
         self.base_url = (settings.base_url or self.default_base_url).rstrip("/")
         secret = settings.secret()
-        # The key goes in a header, never in the URL, so it stays out of access logs.
+        # In a header rather than ?key=, so the key stays out of URLs and their logs.
         self.headers = {"x-goog-api-key": secret} if secret else {}
         self.headers.update(settings.headers)
 
@@ -113,9 +118,8 @@ class GeminiAdapter(ProviderAdapter):
 
     def chat(self, request: ChatRequest, upstream_model: str) -> ChatCompletion:
         body = build_request(request)
-        response = self.transport.post(
-            self._url(upstream_model, "generateContent"), body, self.headers
-        )
+        url = self._url(upstream_model, "generateContent")
+        response = self.transport.post(url, body, self.headers)
         try:
             return _completion(response.json(), upstream_model)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -129,8 +133,8 @@ class GeminiAdapter(ProviderAdapter):
         url = self._url(upstream_model, "streamGenerateContent") + "?alt=sse"
         response = self.transport.post(url, body, self.headers, stream=True)
         events = self._events(response)
-        # Reading the first event here makes an error event or an empty stream raise from
-        # stream() itself, before the caller has sent anything and while fallback is possible.
+        # The first event is read here so that an error event or an empty stream raises
+        # from stream() itself, while the Router can still fall back.
         try:
             first = next(events, None)
             if first is None:
@@ -148,7 +152,7 @@ class GeminiAdapter(ProviderAdapter):
                     continue
                 payload = json.loads(event.data)
                 if not isinstance(payload, dict):
-                    raise ValueError("event is not an object")
+                    raise ValueError("an event that is not an object")
                 if "error" in payload:
                     error = payload["error"]
                     raise UpstreamError(
@@ -175,7 +179,7 @@ class GeminiAdapter(ProviderAdapter):
 
 
 def build_request(request: ChatRequest) -> dict[str, Any]:
-    """The ``generateContent`` body for ``request``; untranslatable input raises 400."""
+    """The ``generateContent`` body for ``request``; what cannot be translated raises 400."""
     system, contents = _contents(request.messages)
     body: dict[str, Any] = {"contents": contents}
     if system:
@@ -192,20 +196,18 @@ def build_request(request: ChatRequest) -> dict[str, Any]:
 
 
 def _contents(messages: list[Message]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The system parts and the conversation turns of ``messages``."""
+    """The system parts and the turns of ``messages``."""
     system: list[dict[str, Any]] = []
     contents: list[dict[str, Any]] = []
-    called: dict[str, str] = {}  # tool_call id -> function name; Gemini matches results by name
+    called: dict[str, str] = {}  # tool_call id -> name: Gemini matches results by name
     previous_role = ""
     for position, message in enumerate(messages):
         where = f"messages[{position}]"
         if message.role in ("system", "developer"):
-            if message.text():
-                system.append({"text": message.text()})
+            system.extend(_content_parts(message, where))
         elif message.role == "tool":
             part = {"functionResponse": _function_response(message, called, where)}
-            # The results of parallel calls answer in one turn, as Gemini requires.
-            if previous_role == "tool":
+            if previous_role == "tool":  # the results of parallel calls share one turn
                 contents[-1]["parts"].append(part)
             else:
                 contents.append({"role": "user", "parts": [part]})
@@ -222,21 +224,17 @@ def _contents(messages: list[Message]) -> tuple[list[dict[str, Any]], list[dict[
 
 
 def _content_parts(message: Message, where: str) -> list[dict[str, Any]]:
-    # Gemini refuses empty text parts; an empty assistant message is simply left out.
+    # Empty text parts are left out (Gemini refuses them), and with them empty messages.
     if isinstance(message.content, str):
         return [{"text": message.content}] if message.content else []
     parts: list[dict[str, Any]] = []
     for part in message.content or []:
-        if isinstance(part, TextPart):
-            if part.text:
-                parts.append({"text": part.text})
+        if isinstance(part, TextPart) and part.text:
+            parts.append({"text": part.text})
         elif isinstance(part, ImagePart):
             parts.append(_image(part.image_url.url, where))
-        else:
-            raise InvalidRequestError(
-                f"{where}: content parts of type '{part.type}' cannot be sent to Gemini",
-                param=f"{where}.content",
-            )
+        elif not isinstance(part, TextPart):
+            raise _invalid(f"{where}.content", f"'{part.type}' parts cannot be sent to Gemini")
     return parts
 
 
@@ -244,27 +242,19 @@ def _image(url: str, where: str) -> dict[str, Any]:
     if url.startswith("data:"):
         header, _, data = url.partition(",")
         if not header.endswith(";base64") or not data:
-            raise InvalidRequestError(
-                f"{where}: an image data URI must be base64-encoded", param=f"{where}.content"
-            )
-        mime_type = header[len("data:") :].split(";")[0] or "image/jpeg"
+            raise _invalid(f"{where}.content", "an image data URI must be base64-encoded")
+        mime_type = header.removeprefix("data:").split(";")[0] or "image/jpeg"
         return {"inlineData": {"mimeType": mime_type, "data": data}}
     suffix = PurePosixPath(urlsplit(url).path).suffix.lower()
     return {"fileData": {"mimeType": _IMAGE_TYPES.get(suffix, "image/jpeg"), "fileUri": url}}
 
 
 def _function_call(call: ToolCall, first: bool, where: str) -> dict[str, Any]:
-    try:
-        args = json.loads(call.function.arguments or "{}")
-    except ValueError:
-        args = None
-    if not isinstance(args, dict):
-        raise InvalidRequestError(
-            f"{where}: the arguments of tool call '{call.id}' are not a JSON object",
-            param=f"{where}.tool_calls",
-        )
+    args = _json_object(call.function.arguments or "{}")
+    if args is None:
+        raise _invalid(f"{where}.tool_calls", f"the arguments of '{call.id}' are not an object")
     part: dict[str, Any] = {"functionCall": {"name": call.function.name, "args": args}}
-    if first:  # Gemini expects the signature on the first call of a turn only
+    if first:  # Gemini wants the signature on the first call of a turn only
         part["thoughtSignature"] = _PLACEHOLDER_SIGNATURE
     return part
 
@@ -272,17 +262,20 @@ def _function_call(call: ToolCall, first: bool, where: str) -> dict[str, Any]:
 def _function_response(message: Message, called: dict[str, str], where: str) -> dict[str, Any]:
     name = called.get(message.tool_call_id or "")
     if name is None:
-        raise InvalidRequestError(
-            f"{where}: tool_call_id '{message.tool_call_id}' answers no earlier tool call",
-            param=f"{where}.tool_call_id",
-        )
+        problem = f"'{message.tool_call_id}' answers no earlier assistant tool call"
+        raise _invalid(f"{where}.tool_call_id", problem)
     text = message.text()
+    result = _json_object(text)
+    # Gemini's response is an object: any other result is wrapped, as the text it was.
+    return {"name": name, "response": {"content": text} if result is None else result}
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
     try:
-        result = json.loads(text)
+        value = json.loads(text)
     except ValueError:
-        result = None
-    # Gemini's response field is a JSON object; any other result is wrapped, as text.
-    return {"name": name, "response": result if isinstance(result, dict) else {"content": text}}
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _declaration(index: int, tool: Tool) -> dict[str, Any]:
@@ -292,9 +285,8 @@ def _declaration(index: int, tool: Tool) -> dict[str, Any]:
         declaration["description"] = function.description
     # Gemini refuses an OBJECT without properties: a function without any declares none.
     if function.parameters and function.parameters.get("properties"):
-        declaration["parameters"] = gemini_schema(
-            function.parameters, f"tools[{index}].function.parameters"
-        )
+        where = f"tools[{index}].function.parameters"
+        declaration["parameters"] = gemini_schema(function.parameters, where)
     return declaration
 
 
@@ -305,12 +297,11 @@ def _calling_config(choice: str | NamedToolChoice) -> dict[str, Any]:
 
 
 def _generation_config(request: ChatRequest) -> dict[str, Any]:
-    stop = [request.stop] if isinstance(request.stop, str) else request.stop
     config: dict[str, Any] = {
         "temperature": request.temperature,
         "topP": request.top_p,
         "maxOutputTokens": request.output_limit,
-        "stopSequences": stop or None,
+        "stopSequences": [request.stop] if isinstance(request.stop, str) else request.stop,
         "candidateCount": request.n,
         "seed": request.seed,
         "presencePenalty": request.presence_penalty,
@@ -319,62 +310,52 @@ def _generation_config(request: ChatRequest) -> dict[str, Any]:
     response_format = request.response_format
     if response_format is not None and response_format.type != "text":
         config["responseMimeType"] = "application/json"
-        json_schema = response_format.json_schema
-        if json_schema is not None and json_schema.schema_:
-            config["responseSchema"] = gemini_schema(
-                json_schema.schema_, "response_format.json_schema.schema"
-            )
-    return {key: value for key, value in config.items() if value is not None}
+        schema = response_format.json_schema and response_format.json_schema.schema_
+        # An object schema without properties asks for any JSON object: plain JSON mode.
+        if schema and (schema.get("properties") or schema.get("type") != "object"):
+            config["responseSchema"] = gemini_schema(schema, "response_format.json_schema")
+    return {key: value for key, value in config.items() if value not in (None, [])}
+
+
+def _invalid(param: str, problem: str) -> InvalidRequestError:
+    return InvalidRequestError(f"{param}: {problem}", param=param)
 
 
 # --------------------------------------------------------------------------- schemas
 
 
 def gemini_schema(schema: dict[str, Any], where: str) -> dict[str, Any]:
-    """JSON Schema ``schema`` as Gemini's OpenAPI subset; ``where`` names it in errors."""
+    """JSON Schema ``schema`` in Gemini's OpenAPI subset; ``where`` names it in errors."""
     definitions = {**schema.get("definitions", {}), **schema.get("$defs", {})}
     return _reduce(schema, definitions, (), where)
 
 
-def _reduce(
-    node: Any, definitions: dict[str, Any], refs: tuple[str, ...], where: str
-) -> dict[str, Any]:
+def _reduce(node: Any, defs: dict[str, Any], refs: tuple[str, ...], where: str) -> dict[str, Any]:
     if not isinstance(node, dict):
         raise _unexpressible(where, "is not a schema object")
-    node, refs = _resolve(node, definitions, refs, where)
-    out: dict[str, Any] = {}
-    nullable = bool(node.get("nullable"))
-    kind = node.get("type")
-    variants = list(node.get("anyOf") or node.get("oneOf") or [])
-    if isinstance(kind, list):  # JSON Schema's ["string", "null"]
-        variants += [{"type": each} for each in kind]
-        kind = None
-    reduced = []
-    for number, variant in enumerate(variants):
-        if isinstance(variant, dict) and variant.get("type") == "null":
-            nullable = True
-        else:
-            reduced.append(_reduce(variant, definitions, refs, f"{where}.anyOf[{number}]"))
-    if len(reduced) == 1:  # a union with null only: that schema, made nullable
-        out.update(reduced[0])
-    elif reduced:
-        out["anyOf"] = reduced
-    if kind == "null":
-        nullable, kind = True, None
+    node, refs = _resolve(node, defs, refs, where)
+    out, nullable = _union(node, defs, refs, where)
     enum = [node["const"]] if "const" in node else node.get("enum")
     if enum and all(isinstance(value, str) for value in enum):  # Gemini's enums are strings
         out["enum"] = list(enum)
-    own = kind.upper() if isinstance(kind, str) else _implied_type(node, out)
-    if own == "OBJECT" and "anyOf" in out and "properties" not in node:
-        own = None  # {"type": "object", "oneOf": [...]}: the variants describe the object
-    if own == "OBJECT":
-        _reduce_object(node, out, definitions, refs, where)
-    elif own == "ARRAY":
+    kind = _own_type(node, out)
+    if kind == "OBJECT":
+        properties = node.get("properties")
+        if not properties:
+            raise _unexpressible(where, "is an object without properties")
+        out["properties"] = {
+            name: _reduce(value, defs, refs, f"{where}.properties.{name}")
+            for name, value in properties.items()
+        }
+        required = [name for name in node.get("required", []) if name in properties]
+        if required:
+            out["required"] = required
+    elif kind == "ARRAY":
         if not isinstance(node.get("items"), dict):
-            raise _unexpressible(where, "is an array without one 'items' schema")
-        out["items"] = _reduce(node["items"], definitions, refs, f"{where}.items")
-    if own:
-        out["type"] = own
+            raise _unexpressible(where, "is an array without one items schema")
+        out["items"] = _reduce(node["items"], defs, refs, f"{where}.items")
+    if kind:
+        out["type"] = kind
     if "type" not in out and "anyOf" not in out:
         raise _unexpressible(where, "has no type")
     if node.get("format") in _FORMATS.get(out.get("type", ""), ()):
@@ -385,58 +366,66 @@ def _reduce(
     return out
 
 
-def _implied_type(node: dict[str, Any], out: dict[str, Any]) -> str | None:
-    if "properties" in node:
-        return "OBJECT"
-    if "items" in node:
-        return "ARRAY"
-    return "STRING" if "enum" in out else None
+def _union(
+    node: dict[str, Any], defs: dict[str, Any], refs: tuple[str, ...], where: str
+) -> tuple[dict[str, Any], bool]:
+    """The variants of ``node`` (anyOf, oneOf, a list of types) and whether null is one."""
+    variants = list(node.get("anyOf") or node.get("oneOf") or [])
+    kind = node.get("type")
+    if isinstance(kind, list):  # JSON Schema's ["string", "null"]
+        variants += [{"type": each} for each in kind]
+    nullable = bool(node.get("nullable"))
+    reduced = []
+    for number, variant in enumerate(variants):
+        if isinstance(variant, dict) and variant.get("type") == "null":
+            nullable = True
+        else:
+            reduced.append(_reduce(variant, defs, refs, f"{where}.anyOf[{number}]"))
+    if len(reduced) == 1:  # a union with null only: that schema, made nullable
+        return dict(reduced[0]), nullable
+    return ({"anyOf": reduced} if reduced else {}), nullable
 
 
-def _reduce_object(
-    node: dict[str, Any],
-    out: dict[str, Any],
-    definitions: dict[str, Any],
-    refs: tuple[str, ...],
-    where: str,
-) -> None:
-    properties = node.get("properties")
-    if not properties:
-        raise _unexpressible(where, "is an object without 'properties'")
-    out["properties"] = {
-        name: _reduce(value, definitions, refs, f"{where}.properties.{name}")
-        for name, value in properties.items()
-    }
-    required = [name for name in node.get("required", []) if name in properties]
-    if required:
-        out["required"] = required
+def _own_type(node: dict[str, Any], out: dict[str, Any]) -> str | None:
+    """The type ``node`` states or implies; None when only its variants tell."""
+    kind = node.get("type")
+    if isinstance(kind, str) and kind != "null":
+        own = kind.upper()
+    elif "properties" in node:
+        own = "OBJECT"
+    elif "items" in node:
+        own = "ARRAY"
+    else:
+        own = "STRING" if "enum" in out else None
+    # {"type": "object", "oneOf": [...]}: the variants describe the object.
+    return None if own == "OBJECT" and "anyOf" in out and "properties" not in node else own
 
 
 def _resolve(
-    node: dict[str, Any], definitions: dict[str, Any], refs: tuple[str, ...], where: str
+    node: dict[str, Any], defs: dict[str, Any], refs: tuple[str, ...], where: str
 ) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """``node`` with its local ``$ref`` or single-schema ``allOf`` merged in."""
+    """``node`` with its local ``$ref``, or its ``allOf`` of one schema, merged in."""
     if "$ref" in node:
         ref = node["$ref"]
         name = ref.rpartition("/")[2]
-        if not ref.startswith(("#/$defs/", "#/definitions/")) or name not in definitions:
+        if not ref.startswith(("#/$defs/", "#/definitions/")) or name not in defs:
             raise _unexpressible(where, f"uses $ref '{ref}', which is not a local definition")
         if name in refs:
             raise _unexpressible(where, f"uses $ref '{ref}' recursively")
         siblings = {key: value for key, value in node.items() if key != "$ref"}
-        return _resolve({**definitions[name], **siblings}, definitions, (*refs, name), where)
+        return _resolve({**defs[name], **siblings}, defs, (*refs, name), where)
     if "allOf" in node:
-        parts = node["allOf"]
-        if len(parts) != 1 or not isinstance(parts[0], dict):
+        if len(node["allOf"]) != 1 or not isinstance(node["allOf"][0], dict):
             raise _unexpressible(where, "uses allOf with several schemas")
         siblings = {key: value for key, value in node.items() if key != "allOf"}
-        return _resolve({**parts[0], **siblings}, definitions, refs, where)
+        return _resolve({**node["allOf"][0], **siblings}, defs, refs, where)
     return node, refs
 
 
 def _unexpressible(where: str, problem: str) -> InvalidRequestError:
     return InvalidRequestError(
-        f"{where} {problem}; Gemini's schema subset cannot express it", param=where.split(".")[0]
+        f"{where} {problem}, which Gemini's schema subset cannot express",
+        param=where.split(".")[0],
     )
 
 
@@ -465,9 +454,9 @@ def _completion(payload: dict[str, Any], upstream_model: str) -> ChatCompletion:
 
 def _choice(position: int, candidate: dict[str, Any]) -> dict[str, Any]:
     text, calls = _parts(candidate.get("content"))
-    finish = _FINISH_REASONS.get(candidate.get("finishReason", ""), "stop")
+    finish = _FINISHES.get(candidate.get("finishReason", ""), "stop")
     return {
-        "index": candidate.get("index", position),  # proto JSON leaves index 0 out
+        "index": candidate.get("index", position),  # proto JSON leaves an index of 0 out
         "message": {
             "content": text or (None if calls else ""),
             "tool_calls": [_tool_call(call) for call in calls] or None,
@@ -477,13 +466,11 @@ def _choice(position: int, candidate: dict[str, Any]) -> dict[str, Any]:
 
 
 def _parts(content: dict[str, Any] | None) -> tuple[str, list[dict[str, Any]]]:
-    """The text and function calls of a candidate's content; thought summaries left out."""
+    """The text and the function calls of a candidate; thought summaries are left out."""
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
     for part in (content or {}).get("parts", []):
-        if part.get("thought"):
-            continue
-        if "text" in part:
+        if "text" in part and not part.get("thought"):
             texts.append(part["text"])
         elif "functionCall" in part:
             calls.append(part["functionCall"])
@@ -491,7 +478,7 @@ def _parts(content: dict[str, Any] | None) -> tuple[str, list[dict[str, Any]]]:
 
 
 def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
-    # Gemini gives calls no id; the client needs one to answer each call.
+    # Gemini's calls have no id, and clients need one to answer each call.
     arguments = json.dumps(call.get("args") or {}, ensure_ascii=False)
     return {
         "id": "call_" + secrets.token_hex(12),
@@ -535,13 +522,13 @@ def _stream_chunks(
     choices: int,
     provider: str,
 ) -> Iterator[ChatCompletionChunk]:
-    """OpenAI chunks for Gemini's stream events: role, deltas, finish per choice, usage."""
+    """OpenAI chunks for Gemini's events: role, deltas, a finish per choice, then usage."""
     head = {
         "id": _completion_id(first),
         "created": int(time.time()),
         "model": first.get("modelVersion") or upstream_model,
     }
-    calls: dict[int, int] = {}  # tool calls so far per choice: the next call's index
+    calls: dict[int, int] = {}  # per choice, the calls so far: the next call's index
     finishes: dict[int, str] = {}
     usage: dict[str, Any] | None = None
 
@@ -565,34 +552,10 @@ def _stream_chunks(
                 calls[index] = number + 1
                 yield chunk(index, {"tool_calls": [{"index": number, **_tool_call(call)}]})
             if candidate.get("finishReason"):
-                finishes[index] = _FINISH_REASONS.get(candidate["finishReason"], "stop")
-    if not finishes:
+                finishes[index] = _FINISHES.get(candidate["finishReason"], "stop")
+    if not finishes:  # Gemini's last event always carries one: the stream was cut short
         raise UpstreamError(f"{provider}'s stream ended before it finished", provider=provider)
     for index in sorted(finishes.keys() | set(range(choices))):
         yield chunk(index, {}, _with_calls(finishes.get(index, "stop"), index in calls))
     if usage:
         yield ChatCompletionChunk.model_validate({**head, "usage": _usage(usage)})
-
-
-# --------------------------------------------------------------------------- errors
-
-
-def _error_details(response: requests.Response) -> list[dict[str, Any]]:
-    """The ``google.rpc`` details of an error body (ErrorInfo, RetryInfo, …)."""
-    try:
-        return [
-            detail for detail in response.json()["error"]["details"] if isinstance(detail, dict)
-        ]
-    except (ValueError, KeyError, TypeError):
-        return []
-
-
-def _retry_delay(details: list[dict[str, Any]]) -> float | None:
-    for detail in details:
-        delay = detail.get("retryDelay")  # RetryInfo, as a protobuf Duration: "37s", "0.5s"
-        if isinstance(delay, str) and delay.endswith("s"):
-            try:
-                return max(0.0, float(delay[:-1]))
-            except ValueError:
-                return None
-    return None
