@@ -19,8 +19,8 @@ from .schemas import ChatCompletionChunk, Usage
 @dataclass(frozen=True)
 class StreamEnd:
     status: str  # ok | partial | failed
-    usage: Usage | None
-    delivered_characters: int
+    usage: Usage
+    usage_estimated: bool
     error: str | None
 
 
@@ -28,7 +28,9 @@ class MeteredStream:
     """What ``router.chat(stream=True)`` returns: an iterator of ``ChatCompletionChunk``.
 
     Close it (or use it as a context manager) to stop early: the upstream connection is
-    released and what was delivered so far is billed.
+    released and what was delivered so far is billed. A client that asked for usage
+    (``stream_options.include_usage``) gets it as OpenAI sends it, in a last chunk with no
+    choices, whichever way the provider sent it (or an estimate when it sent none).
     """
 
     def __init__(
@@ -37,15 +39,16 @@ class MeteredStream:
         *,
         model: str,
         include_usage: bool,
+        estimate_usage: Callable[[int], Usage],
         on_end: Callable[[StreamEnd], None],
-        headers: dict[str, str],
     ) -> None:
         self._upstream = upstream
         self._model = model
         self._include_usage = include_usage
+        self._estimate_usage = estimate_usage
         self._on_end = on_end
-        self.headers = headers
         self._usage: Usage | None = None
+        self._last: ChatCompletionChunk | None = None
         self._delivered = 0
         self._ended = False
 
@@ -53,11 +56,13 @@ class MeteredStream:
         return self
 
     def __next__(self) -> ChatCompletionChunk:
-        while True:
+        while not self._ended:
             try:
                 chunk = next(self._upstream)
             except StopIteration:
-                self._end("ok")
+                end = self._end("ok")
+                if self._include_usage and self._last is not None:
+                    return self._usage_chunk(self._last, end.usage)
                 raise
             except LLMRouterError as exc:
                 self._end("partial" if self._delivered else "failed", exc.message)
@@ -66,14 +71,15 @@ class MeteredStream:
                 self._end("partial" if self._delivered else "failed", type(exc).__name__)
                 raise
             if chunk.usage is not None:
-                self._usage = chunk.usage
-                if not self._include_usage:
-                    if not chunk.choices:
-                        continue
-                    chunk.usage = None
+                # Kept for the end: there it is billed and, if asked for, sent on its own.
+                self._usage, chunk.usage = chunk.usage, None
+                if not chunk.choices:
+                    continue
             chunk.model = self._model
+            self._last = chunk
             self._delivered += _characters(chunk)
             return chunk
+        raise StopIteration
 
     def close(self) -> None:
         self._upstream.close()
@@ -85,12 +91,22 @@ class MeteredStream:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _end(self, status: str, error: str | None = None) -> None:
+    def _end(self, status: str, error: str | None = None) -> StreamEnd:
         if self._ended:
-            return
+            return StreamEnd(status, Usage(), False, error)
         self._ended = True
         self._upstream.close()
-        self._on_end(StreamEnd(status, self._usage, self._delivered, error))
+        if self._usage is not None:
+            end = StreamEnd(status, self._usage, False, error)
+        else:
+            end = StreamEnd(status, self._estimate_usage(self._delivered), True, error)
+        self._on_end(end)
+        return end
+
+    def _usage_chunk(self, last: ChatCompletionChunk, usage: Usage) -> ChatCompletionChunk:
+        return ChatCompletionChunk(
+            id=last.id, created=last.created, model=self._model, choices=[], usage=usage
+        )
 
 
 def _characters(chunk: ChatCompletionChunk) -> int:

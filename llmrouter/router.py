@@ -110,7 +110,7 @@ class Router:
         try:
             completion, served = self.dispatcher.chat(request, targets)
         except BaseException as exc:
-            self._settle_failure(request_id, request, targets[0], admission, exc)
+            self._settle_failure(request_id, targets[0], admission, exc)
             raise
         usage, estimated = usage_or_estimate(request, completion)
         self._settle(request_id, served, admission, "ok", usage, estimated)
@@ -128,29 +128,22 @@ class Router:
         try:
             upstream, served = self.dispatcher.stream(request, targets)
         except BaseException as exc:
-            self._settle_failure(request_id, request, targets[0], admission, exc)
+            self._settle_failure(request_id, targets[0], admission, exc)
             raise
 
         def on_end(end: StreamEnd) -> None:
-            if end.status == "failed":
-                self._settle(request_id, served, admission, "failed", Usage(), False, end.error)
-                return
-            usage, estimated = end.usage, False
-            if usage is None:
-                usage, estimated = estimate_usage(request, end.delivered_characters), True
-            self._settle(request_id, served, admission, end.status, usage, estimated, end.error)
+            self._settle(
+                request_id, served, admission, end.status, end.usage, end.usage_estimated, end.error
+            )
 
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
         stream = MeteredStream(
             upstream,
             model=served.public_id,
-            include_usage=include_usage,
+            include_usage=bool(request.stream_options and request.stream_options.include_usage),
+            estimate_usage=lambda delivered: estimate_usage(request, delivered),
             on_end=on_end,
-            headers={},
         )
-        result = ChatResult(stream, rate_limit, served.provider)
-        stream.headers = result.headers()
-        return result
+        return ChatResult(stream, rate_limit, served.provider)
 
     def _settle(
         self,
@@ -162,11 +155,9 @@ class Router:
         estimated: bool,
         error: str | None = None,
     ) -> None:
-        cost = (
-            0
-            if status == "failed"
-            else Prices.of(served.model).cost_nanos(usage.prompt_tokens, usage.completion_tokens)
-        )
+        if status == "failed":  # nothing was delivered: nothing is billed
+            usage, estimated = Usage(), False
+        cost = Prices.of(served.model).cost_nanos(usage.prompt_tokens, usage.completion_tokens)
         self.store.settle(
             Settlement(
                 request_id=request_id,
@@ -175,8 +166,8 @@ class Router:
                 model=served.public_id,
                 upstream_model=served.upstream_model,
                 status=status,
-                prompt_tokens=usage.prompt_tokens if status != "failed" else 0,
-                completion_tokens=usage.completion_tokens if status != "failed" else 0,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
                 usage_estimated=estimated,
                 cost_nanos=cost,
                 finished_at=self._now_ms(),
@@ -185,12 +176,7 @@ class Router:
         )
 
     def _settle_failure(
-        self,
-        request_id: str,
-        request: ChatRequest,
-        target: Target,
-        admission: Admission,
-        exc: BaseException,
+        self, request_id: str, target: Target, admission: Admission, exc: BaseException
     ) -> None:
         message = exc.message if isinstance(exc, LLMRouterError) else type(exc).__name__
         self._settle(request_id, target, admission, "failed", Usage(), False, message)

@@ -233,3 +233,24 @@ def test_echo_honours_max_tokens_and_stop(router: Router, api_key: str) -> None:
     )
     stopped = router.chat(model="echo", messages=messages, api_key=api_key, stop=".")
     assert stopped.choices[0].message.content == "one two three four"
+
+
+def test_usage_asked_for_comes_last_even_when_the_provider_sent_none(
+    router: Router, api_key: str, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script.append(Fault(no_usage=True))
+    chunks = list(
+        router.chat(
+            model="OpenAI#gpt-4o-mini",
+            messages=HELLO,
+            api_key=api_key,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    # "You said: hello there" is 21 characters: 6 tokens at 4 characters a token
+    assert last.usage.completion_tokens == 6
+    (row,) = router.usage()
+    assert row.completion_tokens == 6
