@@ -671,13 +671,17 @@ def test_error_event_mid_stream_raises(adapter: ProviderAdapter, fake: FakeAnthr
     assert stream.closed
 
 
-def test_error_event_before_any_chunk_raised_by_stream(
+def test_error_event_before_any_chunk_raised_by_the_first_read(
     adapter: ProviderAdapter, fake: FakeAnthropic
 ) -> None:
     fake.script(Script(error_after=0, error_type="overloaded_error", message="Overloaded"))
 
+    # The dispatcher reads a stream's first chunk before anything reaches the client, so
+    # an error here can still be retried or fall back.
+    stream = adapter.stream(ask("hi"), MODEL)
     with pytest.raises(UpstreamError, match="Overloaded"):
-        adapter.stream(ask("hi"), MODEL)
+        next(stream)
+    assert stream.closed
 
 
 @pytest.mark.parametrize(

@@ -105,10 +105,14 @@ def test_stream_usage_false_sends_no_stream_options(
     )
 
     assert "stream_options" not in fake_openai.requests[-1]
-    assert all(c.usage is None for c in chunks)
     with router.store.transaction() as conn:
         [row] = conn.execute(select(ledger)).all()
     assert row.status == "ok" and row.usage_estimated
+    # The client asked for usage: it gets the estimate that was billed, as OpenAI's last chunk.
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == row.completion_tokens
+    assert all(c.usage is None for c in chunks[:-1])
 
 
 def test_stream_usage_is_asked_for_by_default(

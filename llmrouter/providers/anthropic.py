@@ -51,9 +51,8 @@ from ..schemas import (
     ToolCallDelta,
     Usage,
 )
-from ..streaming import iter_sse
 from .base import ChunkStream, ProviderAdapter
-from .http import HTTPTransport, message_of
+from .http import HTTPTransport
 from .registry import register
 
 API_VERSION = "2023-06-01"
@@ -111,41 +110,21 @@ class AnthropicAdapter(ProviderAdapter):
     def stream(self, request: ChatRequest, upstream_model: str) -> ChunkStream:
         body = {**self.build_body(request, upstream_model), "stream": True}
         response = self.transport.post(self.url, body, self.headers, stream=True)
-        chunks = self._chunks(response, StreamTranslator(json_mode=_json_tool_mode(request)))
-        # Read up to the first chunk here, so that an error event sent before anything
-        # else is raised by stream() and the Router can still fall back.
-        try:
-            first = next(chunks)
-        except BaseException:
-            response.close()
-            raise
-        return ChunkStream(_prepend(first, chunks), response.close)
+        translator = StreamTranslator(json_mode=_json_tool_mode(request))
+        return ChunkStream(self._chunks(response, translator), response.close)
 
     def _chunks(
         self, response: requests.Response, translator: StreamTranslator
     ) -> Iterator[ChatCompletionChunk]:
-        try:
-            for event in iter_sse(response):
-                if not event.data:
-                    continue
-                payload = json.loads(event.data)
-                if payload.get("type") == "error":
-                    kind = (payload.get("error") or {}).get("type", "error")
-                    message = self.transport.redact(message_of(payload) or event.data)
-                    raise UpstreamError(
-                        f"{self.name} stream failed ({kind}): {message}", provider=self.name
-                    )
+        for payload in self.transport.events(response):
+            try:
                 yield from translator.feed(payload)
-                if translator.finished:
-                    return
-        except requests.RequestException as exc:
-            raise UpstreamError(
-                f"{self.name} stream broke off ({type(exc).__name__})", provider=self.name
-            ) from exc
-        except _MALFORMED as exc:
-            raise UpstreamError(
-                f"{self.name} sent an unreadable stream event", provider=self.name
-            ) from exc
+            except _MALFORMED as exc:
+                raise UpstreamError(
+                    f"{self.name} sent an unreadable stream event", provider=self.name
+                ) from exc
+            if translator.finished:
+                return
         raise UpstreamError(f"{self.name} stream ended before message_stop", provider=self.name)
 
     def _default_max_tokens(self, upstream_model: str) -> int:
@@ -157,13 +136,6 @@ class AnthropicAdapter(ProviderAdapter):
 
     def close(self) -> None:
         self.transport.close()
-
-
-def _prepend(
-    first: ChatCompletionChunk, rest: Iterator[ChatCompletionChunk]
-) -> Iterator[ChatCompletionChunk]:
-    yield first
-    yield from rest
 
 
 # --------------------------------------------------------------------------- request

@@ -69,7 +69,9 @@ class ProviderAdapter(ABC):
 
     @abstractmethod
     def stream(self, request: ChatRequest, upstream_model: str) -> ChunkStream:
-        """A streamed completion. Errors before the first chunk are raised here, not later."""
+        """A streamed completion. Errors of the HTTP call are raised here; the dispatcher
+        reads the first chunk before the client sees anything, so an error event at the
+        start of a stream can still be retried or fall back."""
 
     def close(self) -> None:  # noqa: B027 - optional hook: adapters without connections skip it
         """Release pooled connections (called when the Router closes)."""

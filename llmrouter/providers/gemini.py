@@ -49,9 +49,8 @@ from ..schemas import (
     Tool,
     ToolCall,
 )
-from ..streaming import iter_sse
 from .base import ChunkStream, ProviderAdapter
-from .http import HTTPTransport, message_of
+from .http import HTTPTransport
 from .registry import register
 
 _FILTERED = ("SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY")
@@ -132,7 +131,7 @@ class GeminiAdapter(ProviderAdapter):
         body = build_request(request)
         url = self._url(upstream_model, "streamGenerateContent") + "?alt=sse"
         response = self.transport.post(url, body, self.headers, stream=True)
-        events = self._events(response)
+        events = self.transport.events(response)
         # The first event is read here so that an error event or an empty stream raises
         # from stream() itself, while the Router can still fall back.
         try:
@@ -144,32 +143,6 @@ class GeminiAdapter(ProviderAdapter):
             raise
         chunks = _stream_chunks(first, events, upstream_model, request.n or 1, self.name)
         return ChunkStream(chunks, response.close)
-
-    def _events(self, response: requests.Response) -> Iterator[dict[str, Any]]:
-        try:
-            for event in iter_sse(response):
-                if not event.data:
-                    continue
-                payload = json.loads(event.data)
-                if not isinstance(payload, dict):
-                    raise ValueError("an event that is not an object")
-                if "error" in payload:
-                    error = payload["error"]
-                    raise UpstreamError(
-                        f"{self.name} stream failed: "
-                        + self.transport.redact(message_of(payload) or event.data),
-                        provider=self.name,
-                        upstream_status=error.get("code") if isinstance(error, dict) else None,
-                    )
-                yield payload
-        except requests.RequestException as exc:
-            raise UpstreamError(
-                f"{self.name} stream broke off ({type(exc).__name__})", provider=self.name
-            ) from exc
-        except ValueError as exc:
-            raise UpstreamError(
-                f"{self.name} sent an unreadable event", provider=self.name
-            ) from exc
 
     def close(self) -> None:
         self.transport.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import requests
@@ -19,6 +20,7 @@ from ..errors import (
     UpstreamRejectedError,
     UpstreamTimeoutError,
 )
+from ..streaming import iter_sse
 
 # Key-shaped tokens an upstream may echo back in an error message ("Incorrect API key
 # provided: sk-abc…"); they are cut out before the message reaches a client.
@@ -91,6 +93,44 @@ class HTTPTransport:
         if status in (408, 504):
             return UpstreamTimeoutError(message, provider=self.provider, upstream_status=status)
         return UpstreamError(message, provider=self.provider, upstream_status=status)
+
+    def events(self, response: requests.Response) -> Iterator[dict[str, Any]]:
+        """The JSON objects of an SSE response, up to ``[DONE]`` or its end.
+
+        An error object (``{"error": …}``, in OpenAI's, Anthropic's or Gemini's shape) raises
+        ``UpstreamError`` with its message; so does a broken or unreadable stream.
+        """
+        try:
+            for event in iter_sse(response):
+                if event.data == "[DONE]":
+                    return
+                if not event.data:
+                    continue
+                payload = json.loads(event.data)
+                if not isinstance(payload, dict):
+                    raise ValueError("an event that is not a JSON object")
+                if "error" in payload:
+                    raise self._stream_error(payload)
+                yield payload
+        except requests.RequestException as exc:
+            raise UpstreamError(
+                f"{self.provider} stream broke off ({type(exc).__name__})", provider=self.provider
+            ) from exc
+        except ValueError as exc:
+            raise UpstreamError(
+                f"{self.provider} sent an unreadable stream event", provider=self.provider
+            ) from exc
+
+    def _stream_error(self, payload: dict[str, Any]) -> UpstreamError:
+        error = payload["error"]
+        kind = error.get("type") or error.get("status") if isinstance(error, dict) else None
+        code = error.get("code") if isinstance(error, dict) else None
+        message = self.redact(message_of(payload) or json.dumps(payload)[:500])
+        return UpstreamError(
+            f"{self.provider} stream failed" + (f" ({kind})" if kind else "") + f": {message}",
+            provider=self.provider,
+            upstream_status=code if isinstance(code, int) else None,
+        )
 
     def redact(self, text: str) -> str:
         """``text`` with this provider's key and anything key-shaped removed."""

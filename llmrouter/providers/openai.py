@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -11,9 +10,8 @@ from pydantic import ValidationError
 
 from ..errors import ConfigError, UpstreamError
 from ..schemas import ChatCompletion, ChatCompletionChunk, ChatRequest
-from ..streaming import iter_sse
 from .base import ChunkStream, ProviderAdapter
-from .http import HTTPTransport, message_of
+from .http import HTTPTransport
 from .registry import register
 
 
@@ -73,28 +71,15 @@ class OpenAIAdapter(ProviderAdapter):
         return ChunkStream(self._chunks(response), response.close)
 
     def _chunks(self, response: requests.Response) -> Iterator[ChatCompletionChunk]:
-        try:
-            for event in iter_sse(response):
-                if event.data == "[DONE]":
-                    return
-                if not event.data:
-                    continue
-                payload = json.loads(event.data)
-                if "error" in payload:
-                    raise UpstreamError(
-                        f"{self.name} stream failed: "
-                        + self.transport.redact(message_of(payload) or event.data),
-                        provider=self.name,
-                    )
+        for payload in self.transport.events(response):
+            try:
                 yield ChatCompletionChunk.model_validate(payload)
-        except requests.RequestException as exc:
-            raise UpstreamError(
-                f"{self.name} stream broke off ({type(exc).__name__})", provider=self.name
-            ) from exc
-        except (ValueError, ValidationError) as exc:
-            raise UpstreamError(
-                f"{self.name} sent an unreadable stream event", provider=self.name
-            ) from exc
+            except ValidationError as exc:
+                raise UpstreamError(
+                    f"{self.name} sent a chunk that is not a chat.completion.chunk: "
+                    + _first_error(exc),
+                    provider=self.name,
+                ) from exc
 
     def close(self) -> None:
         self.transport.close()
