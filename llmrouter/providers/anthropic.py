@@ -85,9 +85,8 @@ class AnthropicAdapter(ProviderAdapter):
 
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
-        self.transport = HTTPTransport(settings)
-        base = (settings.base_url or self.default_base_url).rstrip("/")
-        self.url = base.removesuffix("/v1") + "/v1/messages"
+        self.transport = HTTPTransport(settings, self.base_url)
+        self.url = self.base_url.removesuffix("/v1") + "/v1/messages"
         secret = settings.secret()
         self.headers = {"anthropic-version": API_VERSION}
         if secret:

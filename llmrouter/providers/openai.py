@@ -26,8 +26,8 @@ class OpenAIAdapter(ProviderAdapter):
 
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
-        self.transport = HTTPTransport(settings)
-        self.url = (settings.base_url or self.default_base_url).rstrip("/") + "/chat/completions"
+        self.transport = HTTPTransport(settings, self.base_url)
+        self.url = self.base_url + "/chat/completions"
         secret = settings.secret()
         self.headers = {"Authorization": f"Bearer {secret}"} if secret else {}
         self.headers.update(settings.headers)

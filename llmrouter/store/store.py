@@ -9,7 +9,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, create_engine, event, func, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    Update,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -21,6 +32,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.pool import StaticPool
 
 from ..errors import ConfigError, NotFoundError, StoreUnavailableError
+from . import settlement as settlement_sql
 from .admission import RESULT_COLUMNS, UNLIMITED, admission_statement
 from .records import (
     Admission,
@@ -52,8 +64,12 @@ class Store:
         self._returning = bool(dialect.update_returning)
         # An in-memory SQLite database is one shared connection: one transaction at a time.
         self._memory_lock = threading.Lock() if _is_sqlite_memory(self.engine) else None
+        # Built once: compiling a statement per call would double the request's overhead.
         self._admit = {
-            premium: admission_statement(premium=premium, left_to_right=self._left_to_right)
+            premium: _with_result(
+                admission_statement(premium=premium, left_to_right=self._left_to_right),
+                returning=self._returning,
+            )
             for premium in (False, True)
         }
         metadata.create_all(self.engine)
@@ -200,14 +216,10 @@ class Store:
         statement = self._admit[premium]
         with self.transaction() as conn:
             if self._returning:
-                row = conn.execute(statement.returning(*RESULT_COLUMNS), params).first()
+                row = conn.execute(statement, params).first()
             else:
                 changed = conn.execute(statement, params).rowcount
-                row = (
-                    conn.execute(select(*RESULT_COLUMNS).where(_k.id == key_id), params).first()
-                    if changed
-                    else None
-                )
+                row = conn.execute(_ADMISSION_READBACK, params).first() if changed else None
         if row is None:
             raise NotFoundError(f"no active API key with id '{key_id}'", param="key_id")
         kind = AdmissionKind(row.last_admission)
@@ -236,35 +248,36 @@ class Store:
         try:
             with self.transaction() as conn:
                 conn.execute(
-                    insert(ledger).values(
-                        request_id=settlement.request_id,
-                        key_id=admission.key_id,
-                        provider=settlement.provider,
-                        model=settlement.model,
-                        upstream_model=settlement.upstream_model,
-                        admission=admission.kind.label,
-                        status=settlement.status,
-                        prompt_tokens=settlement.prompt_tokens,
-                        completion_tokens=settlement.completion_tokens,
-                        usage_estimated=settlement.usage_estimated,
-                        cost_nanos=settlement.cost_nanos,
-                        charged_nanos=charged,
-                        day=settlement.finished_at // 86_400_000,
-                        started_at=admission.at,
-                        finished_at=settlement.finished_at,
-                        error=(settlement.error or None) and settlement.error[:500],
-                    )
+                    settlement_sql.LEDGER_INSERT,
+                    {
+                        "request_id": settlement.request_id,
+                        "key_id": admission.key_id,
+                        "provider": settlement.provider,
+                        "model": settlement.model,
+                        "upstream_model": settlement.upstream_model,
+                        "admission": admission.kind.label,
+                        "status": settlement.status,
+                        "prompt_tokens": settlement.prompt_tokens,
+                        "completion_tokens": settlement.completion_tokens,
+                        "usage_estimated": settlement.usage_estimated,
+                        "cost_nanos": settlement.cost_nanos,
+                        "charged_nanos": charged,
+                        "day": settlement.finished_at // 86_400_000,
+                        "started_at": admission.at,
+                        "finished_at": settlement.finished_at,
+                        "error": settlement.error[:500] if settlement.error else None,
+                    },
                 )
                 if settlement.status == "failed":
                     self._release(conn, admission)
                 elif admission.reserved_nanos:
                     conn.execute(
-                        update(api_keys)
-                        .where(_k.id == admission.key_id)
-                        .values(
-                            balance_nanos=_k.balance_nanos + (admission.reserved_nanos - charged),
-                            spent_nanos=_k.spent_nanos + charged,
-                        )
+                        settlement_sql.CHARGE,
+                        {
+                            "s_key": admission.key_id,
+                            "s_refund": admission.reserved_nanos - charged,
+                            "s_charged": charged,
+                        },
                     )
                 self._add_provider_total(conn, settlement)
         except IntegrityError:
@@ -273,65 +286,40 @@ class Store:
 
     def _release(self, conn: Connection, admission: Admission) -> None:
         """Give back what a call that produced nothing took at admission."""
-        where = _k.id == admission.key_id
-        if admission.kind is AdmissionKind.ALLOWANCE:
-            conn.execute(
-                update(api_keys)
-                .where(where, _k.quota_day == admission.day, _k.day_count > 0)
-                .values(day_count=_k.day_count - 1)
-            )
-        elif admission.kind is AdmissionKind.CREDITS:
-            conn.execute(
-                update(api_keys)
-                .where(where)
-                .values(balance_nanos=_k.balance_nanos + admission.reserved_nanos)
-            )
-        elif admission.kind is AdmissionKind.THROTTLE_SLOT:
-            # Reopen the slot, unless a later admission already moved it on.
-            conn.execute(
-                update(api_keys)
-                .where(where, _k.next_slot_at == admission.next_slot_at)
-                .values(next_slot_at=admission.at)
-            )
+        statement = {
+            AdmissionKind.ALLOWANCE: settlement_sql.RELEASE_ALLOWANCE,
+            AdmissionKind.CREDITS: settlement_sql.RELEASE_CREDITS,
+            AdmissionKind.THROTTLE_SLOT: settlement_sql.RELEASE_THROTTLE_SLOT,
+        }[admission.kind]
+        conn.execute(
+            statement,
+            {
+                "s_key": admission.key_id,
+                "s_day": admission.day,
+                "s_reserved": admission.reserved_nanos,
+                "s_slot": admission.next_slot_at,
+                "s_at": admission.at,
+            },
+        )
 
     def _add_provider_total(self, conn: Connection, settlement: Settlement) -> None:
-        c = provider_totals.c
-        increments = {
-            "requests": c.requests + 1,
-            "prompt_tokens": c.prompt_tokens + settlement.prompt_tokens,
-            "completion_tokens": c.completion_tokens + settlement.completion_tokens,
-            "cost_nanos": c.cost_nanos + settlement.cost_nanos,
+        params = {
+            "t_provider": settlement.provider,
+            "t_prompt": settlement.prompt_tokens,
+            "t_completion": settlement.completion_tokens,
+            "t_cost": settlement.cost_nanos,
         }
-        changed = conn.execute(
-            update(provider_totals).where(c.provider == settlement.provider).values(increments)
-        ).rowcount
-        if not changed:
-            conn.execute(
-                insert(provider_totals).values(
-                    provider=settlement.provider,
-                    requests=1,
-                    prompt_tokens=settlement.prompt_tokens,
-                    completion_tokens=settlement.completion_tokens,
-                    cost_nanos=settlement.cost_nanos,
-                )
-            )
+        if not conn.execute(settlement_sql.ADD_PROVIDER_TOTAL, params).rowcount:
+            # A provider this database has not seen (its row is made at startup, so rarely).
+            _create_provider_row(conn, settlement.provider)
+            conn.execute(settlement_sql.ADD_PROVIDER_TOTAL, params)
 
     def ensure_providers(self, names: list[str]) -> None:
         """Create the totals row of each provider up front, so settling only UPDATEs."""
-        c = provider_totals.c
         with self.transaction() as conn:
-            present = set(conn.execute(select(c.provider)).scalars())
-            for name in names:
-                if name not in present:
-                    conn.execute(
-                        insert(provider_totals).values(
-                            provider=name,
-                            requests=0,
-                            prompt_tokens=0,
-                            completion_tokens=0,
-                            cost_nanos=0,
-                        )
-                    )
+            present = set(conn.execute(select(provider_totals.c.provider)).scalars())
+            for name in set(names) - present:
+                _create_provider_row(conn, name)
 
     # ---------------------------------------------------------------- reports
 
@@ -392,6 +380,32 @@ class Store:
             )
             for r in rows
         ]
+
+
+# MariaDB/MySQL have no UPDATE … RETURNING: the outcome is read back under the row lock.
+_ADMISSION_READBACK = select(*RESULT_COLUMNS).where(_k.id == bindparam("key_id"))
+
+
+def _with_result(statement: Update, *, returning: bool) -> Update:
+    return statement.returning(*RESULT_COLUMNS) if returning else statement
+
+
+def _create_provider_row(conn: Connection, provider: str) -> None:
+    """An all-zero totals row, unless another process has just made it (several processes
+    starting with a new provider race here; the loser's savepoint rolls back, nothing else)."""
+    try:
+        with conn.begin_nested():
+            conn.execute(
+                insert(provider_totals).values(
+                    provider=provider,
+                    requests=0,
+                    prompt_tokens=0,
+                    completion_tokens=0,
+                    cost_nanos=0,
+                )
+            )
+    except IntegrityError:
+        pass
 
 
 def _key_record(row: Any) -> KeyRecord:
@@ -462,7 +476,9 @@ def _sqlite_engine(url: Any) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Straight to the driver: through SQLAlchemy's execution path this one statement
+        # costs as much as the admission itself.
+        conn.connection.driver_connection.execute("BEGIN IMMEDIATE")
 
     return engine
 
