@@ -2,8 +2,9 @@
 
 Headers (``X-RateLimit-*``) describe the key's daily fair-use allowance:
 ``Limit`` the allowance, ``Remaining`` what is left of it today, ``Reset`` (Unix seconds)
-when the next free request becomes possible: the next UTC midnight while allowance
-remains or credits pay, else the opening of the next throttle slot (or midnight if sooner).
+when the allowance comes back (the next UTC midnight) while some remains or the key pays
+from its balance; for a throttled key, when the next throttle slot opens (or midnight if
+sooner).
 """
 
 from __future__ import annotations
@@ -88,7 +89,10 @@ class QuotaPolicy:
 def rate_limit_info(admission: Admission) -> RateLimitInfo:
     remaining = max(0, admission.daily_limit - admission.day_count)
     midnight = (admission.day + 1) * DAY_MS
-    if remaining or admission.kind is AdmissionKind.CREDITS:
+    throttled = admission.kind in (AdmissionKind.THROTTLE_SLOT, AdmissionKind.REJECTED_THROTTLED)
+    # With a balance, the requests past the allowance are paid, not throttled.
+    paying = admission.kind is AdmissionKind.CREDITS or admission.balance_nanos > 0
+    if remaining or (paying and not throttled):
         reset_ms = midnight
     else:
         reset_ms = min(max(admission.next_slot_at, admission.at), midnight)

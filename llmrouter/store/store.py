@@ -281,8 +281,17 @@ class Store:
                     )
                 self._add_provider_total(conn, settlement)
         except IntegrityError:
+            if not self._settled(settlement.request_id):
+                raise
             return False
         return True
+
+    def _settled(self, request_id: str) -> bool:
+        with self.transaction() as conn:
+            found = conn.execute(
+                select(ledger.c.id).where(ledger.c.request_id == request_id)
+            ).first()
+        return found is not None
 
     def _release(self, conn: Connection, admission: Admission) -> None:
         """Give back what a call that produced nothing took at admission."""
