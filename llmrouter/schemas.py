@@ -225,6 +225,9 @@ class Usage(_Open):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    #: e.g. ``{"cached_tokens": 120}``, ``{"reasoning_tokens": 64}``
+    prompt_tokens_details: dict[str, Any] | None = None
+    completion_tokens_details: dict[str, Any] | None = None
 
 
 def _text_of_parts(content: Any) -> Any:

@@ -559,8 +559,8 @@ def test_usage_counts_cache_tokens_as_prompt_tokens(
         "prompt_tokens_details": {"cached_tokens": 50},
     }
     assert usage is not None and streamed is not None
-    assert usage.model_dump() == expected
-    assert streamed.model_dump() == expected
+    assert usage.model_dump(exclude_none=True) == expected
+    assert streamed.model_dump(exclude_none=True) == expected
 
 
 def test_stop_sequences(adapter: ProviderAdapter, fake: FakeAnthropic) -> None:

@@ -133,7 +133,7 @@ def test_plain_chat(adapter: ProviderAdapter, fake: FakeGemini) -> None:
     assert completion.choices[0].finish_reason == "stop"
     assert completion.model == "gemini-2.0-flash-001"  # modelVersion
     assert completion.usage is not None
-    assert completion.usage.model_dump() == {
+    assert completion.usage.model_dump(exclude_none=True) == {
         "prompt_tokens": 3,
         "completion_tokens": 3,
         "total_tokens": 6,
@@ -630,7 +630,7 @@ def test_usage_counts_thinking_as_completion(adapter: ProviderAdapter) -> None:
     )
 
     assert completion.usage is not None
-    assert completion.usage.model_dump() == {
+    assert completion.usage.model_dump(exclude_none=True) == {
         "prompt_tokens": 3,
         "completion_tokens": 3 + THOUGHT_TOKENS,
         "total_tokens": 6 + THOUGHT_TOKENS,
@@ -656,7 +656,7 @@ def test_cached_thought_and_tool_use_tokens(adapter: ProviderAdapter, fake: Fake
     usage = adapter.chat(chat_request("hi"), MODEL).usage
 
     assert usage is not None
-    assert usage.model_dump() == {
+    assert usage.model_dump(exclude_none=True) == {
         "prompt_tokens": 110,
         "completion_tokens": 12,
         "total_tokens": 122,

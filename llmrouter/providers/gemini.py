@@ -361,6 +361,7 @@ def _union(
 def _own_type(node: dict[str, Any], out: dict[str, Any]) -> str | None:
     """The type ``node`` states or implies; None when only its variants tell."""
     kind = node.get("type")
+    own: str | None
     if isinstance(kind, str) and kind != "null":
         own = kind.upper()
     elif "properties" in node:

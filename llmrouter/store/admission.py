@@ -9,7 +9,7 @@ database has it, a SELECT in the same transaction on MariaDB/MySQL).
 
 from __future__ import annotations
 
-from sqlalchemy import Update, and_, bindparam, case, func, literal, not_, update
+from sqlalchemy import BigInteger, Update, and_, bindparam, case, func, literal, not_, update
 
 from .records import AdmissionKind
 from .tables import api_keys
@@ -37,8 +37,10 @@ def admission_statement(*, premium: bool, left_to_right: bool) -> Update:
     (assigned first). Standard SQL (PostgreSQL, SQLite) evaluates every assignment against
     the old row, so there they repeat the outcome expression instead.
     """
-    day, now, minute = bindparam("day"), bindparam("now"), bindparam("minute")
-    reserve = bindparam("reserve")
+    day = bindparam("day", type_=BigInteger)
+    now = bindparam("now", type_=BigInteger)
+    minute = bindparam("minute", type_=BigInteger)
+    reserve = bindparam("reserve", type_=BigInteger)
     limit = func.coalesce(_k.daily_requests, bindparam("default_limit"))
     throttle_ms = func.coalesce(_k.throttle_seconds, bindparam("default_throttle")) * 1000
     rpm = func.coalesce(_k.requests_per_minute, bindparam("default_rpm"))

@@ -487,7 +487,9 @@ def _sqlite_engine(url: Any) -> Engine:
     def _begin(conn: Connection) -> None:
         # Straight to the driver: through SQLAlchemy's execution path this one statement
         # costs as much as the admission itself.
-        conn.connection.driver_connection.execute("BEGIN IMMEDIATE")
+        driver = conn.connection.driver_connection
+        assert driver is not None  # a connection being begun is open
+        driver.execute("BEGIN IMMEDIATE")
 
     return engine
 
