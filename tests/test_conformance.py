@@ -17,6 +17,7 @@ from flask import Flask
 
 from flask_ext import LLMRouter
 from llmrouter import Router
+from tests.client_view import assembled_tool_calls, streamed_text
 from tests.conftest import UPSTREAM_KEY
 from tests.upstreams import anthropic_server, gemini_server, mistral_server
 from tests.upstreams.loopback import LoopbackServer
@@ -117,18 +118,6 @@ def ask(text: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": text}]
 
 
-def assembled_tool_calls(stream: Any) -> list[dict[str, str]]:
-    """Tool calls put together from streamed deltas, as SDK users do."""
-    calls: dict[int, dict[str, str]] = {}
-    for chunk in stream:
-        for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
-            call = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
-            call["id"] += delta.id or ""
-            call["name"] += (delta.function.name or "") if delta.function else ""
-            call["arguments"] += (delta.function.arguments or "") if delta.function else ""
-    return [calls[i] for i in sorted(calls)]
-
-
 @pytest.mark.parametrize("model", NAMES)
 def test_plain_and_streamed_answers_agree(client: openai.OpenAI, model: str) -> None:
     plain = client.chat.completions.create(model=model, messages=ask("hello conformance"))
@@ -146,7 +135,7 @@ def test_plain_and_streamed_answers_agree(client: openai.OpenAI, model: str) -> 
             stream_options={"include_usage": True},
         )
     )
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    assert streamed_text(chunks) == text
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens > 0

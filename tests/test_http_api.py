@@ -16,22 +16,10 @@ from sqlalchemy.pool import NullPool
 from flask_ext import LLMRouter
 from llmrouter import Router
 from llmrouter.store import Store
+from tests.client_view import WEATHER_TOOL
 from tests.conftest import gateway_config
 from tests.upstreams.loopback import LoopbackServer
 from tests.upstreams.openai_server import FakeOpenAI
-
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 
 
 @pytest.fixture

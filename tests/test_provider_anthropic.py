@@ -24,6 +24,7 @@ from llmrouter.errors import (
 from llmrouter.providers.base import ProviderAdapter
 from llmrouter.providers.registry import build_adapter
 from llmrouter.schemas import ChatCompletionChunk, ChatRequest
+from tests.client_view import assembled_tool_calls, streamed_text
 from tests.upstreams.anthropic_server import API_VERSION, TEST_KEY, FakeAnthropic, Script
 from tests.upstreams.loopback import LoopbackServer
 
@@ -85,23 +86,6 @@ def ask(text: str, **fields: Any) -> ChatRequest:
 def collect(adapter: ProviderAdapter, request: ChatRequest) -> list[ChatCompletionChunk]:
     with adapter.stream(request, MODEL) as stream:
         return list(stream)
-
-
-def streamed_text(chunks: list[ChatCompletionChunk]) -> str:
-    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-
-
-def streamed_calls(chunks: list[ChatCompletionChunk]) -> list[dict[str, Any]]:
-    """The tool calls a client assembles from the deltas, by their index."""
-    calls: dict[int, dict[str, Any]] = {}
-    for chunk in chunks:
-        for choice in chunk.choices:
-            for delta in choice.delta.tool_calls or []:
-                call = calls.setdefault(delta.index, {"arguments": ""})
-                if delta.id:
-                    call.update(id=delta.id, type=delta.type, name=delta.function.name)
-                call["arguments"] += delta.function.arguments or ""
-    return [calls[i] for i in sorted(calls)]
 
 
 def tool_call_deltas(chunks: list[ChatCompletionChunk]) -> list[dict[str, Any]]:
@@ -460,7 +444,9 @@ def test_streamed_parallel_tool_calls_equal_the_non_streamed_ones(adapter: Provi
         }
         for c in message.tool_calls or []
     ]
-    assembled = [{**c, "arguments": json.loads(c["arguments"])} for c in streamed_calls(chunks)]
+    assembled = [
+        {**c, "arguments": json.loads(c["arguments"])} for c in assembled_tool_calls(chunks)
+    ]
     assert assembled == expected
     assert streamed_text(chunks) == message.content
     assert all(choice.index == 0 for c in chunks for choice in c.choices)
@@ -506,7 +492,7 @@ def test_tool_without_input_gives_empty_object(adapter: ProviderAdapter) -> None
 
     assert message.tool_calls is not None
     assert message.tool_calls[0].function.arguments == "{}"
-    assert streamed_calls(chunks)[0]["arguments"] == "{}"
+    assert assembled_tool_calls(chunks)[0]["arguments"] == "{}"
 
 
 # --------------------------------------------------------------------------- streaming

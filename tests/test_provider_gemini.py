@@ -24,23 +24,12 @@ from llmrouter.providers.base import ChunkStream, ProviderAdapter
 from llmrouter.providers.gemini import GeminiAdapter
 from llmrouter.providers.registry import adapter_class, build_adapter
 from llmrouter.schemas import ChatCompletionChunk, ChatRequest
+from tests.client_view import WEATHER_TOOL, streamed_text
 from tests.upstreams.gemini_server import API_KEY, THOUGHT_TOKENS, FakeGemini
 from tests.upstreams.loopback import LoopbackServer
 
 MODEL = "gemini-2.0-flash"
 CALL_ID = re.compile(r"call_[0-9a-f]{24}")
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 TIME = {
     "type": "function",
     "function": {
@@ -87,10 +76,6 @@ def chat_request(*messages: dict[str, Any] | str, **fields: Any) -> ChatRequest:
 def collect(stream: ChunkStream) -> list[ChatCompletionChunk]:
     with stream:
         return list(stream)
-
-
-def streamed_text(chunks: list[ChatCompletionChunk]) -> str:
-    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
 
 def streamed_calls(chunks: list[ChatCompletionChunk]) -> list[dict[str, Any]]:
@@ -239,7 +224,7 @@ def test_tools_and_each_tool_choice(
     tool_config: dict[str, Any] | None,
     called: list[str],
 ) -> None:
-    fields = {"tools": [WEATHER, TIME]}
+    fields = {"tools": [WEATHER_TOOL, TIME]}
     if tool_choice is not None:
         fields["tool_choice"] = tool_choice
     completion = adapter.chat(chat_request(said, **fields), MODEL)
@@ -446,7 +431,7 @@ def test_tool_result_round_trip(adapter: ProviderAdapter, fake: FakeGemini) -> N
         "weather in Paris?",
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "call_abc", "content": '{"celsius": 21}'},
-        tools=[WEATHER],
+        tools=[WEATHER_TOOL],
     )
     # Gemini 3 refuses replayed calls without a thought signature, as the fake does.
     completion = adapter.chat(request, "gemini-3-pro-preview")
@@ -486,7 +471,7 @@ def test_results_of_parallel_calls_share_one_turn(
         {"role": "assistant", "content": "Checking.", "tool_calls": calls},
         {"role": "tool", "tool_call_id": "call_2", "content": "[1, 2]"},
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
-        tools=[WEATHER, TIME],
+        tools=[WEATHER_TOOL, TIME],
     )
     completion = adapter.chat(request, MODEL)
 
@@ -559,13 +544,13 @@ def test_tool_history_that_cannot_be_translated_is_refused(
         messages.append({"role": "assistant", "tool_calls": [call]})
     messages.append({"role": "tool", "tool_call_id": tool_call_id, "content": "x"})
     with pytest.raises(InvalidRequestError) as raised:
-        adapter.chat(chat_request(*messages, tools=[WEATHER]), MODEL)
+        adapter.chat(chat_request(*messages, tools=[WEATHER_TOOL]), MODEL)
     assert raised.value.param == param
     assert fake.received == []
 
 
 def test_parallel_calls(adapter: ProviderAdapter) -> None:
-    request = chat_request("get_weather and get_time, please", tools=[WEATHER, TIME])
+    request = chat_request("get_weather and get_time, please", tools=[WEATHER_TOOL, TIME])
     completion = adapter.chat(request, MODEL)
 
     choice = completion.choices[0]
@@ -581,7 +566,7 @@ def test_parallel_calls(adapter: ProviderAdapter) -> None:
 
 
 def test_streamed_parallel_calls_match_the_non_streamed_ones(adapter: ProviderAdapter) -> None:
-    request = chat_request("get_weather and get_time, please", tools=[WEATHER, TIME])
+    request = chat_request("get_weather and get_time, please", tools=[WEATHER_TOOL, TIME])
     expected = adapter.chat(request, MODEL).choices[0].message.tool_calls or []
 
     chunks = collect(adapter.stream(request.model_copy(update={"stream": True}), MODEL))

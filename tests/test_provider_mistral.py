@@ -22,22 +22,11 @@ from llmrouter.providers.mistral import MistralAdapter, mistral_tool_call_id
 from llmrouter.providers.registry import build_adapter
 from llmrouter.schemas import ChatCompletionChunk, ChatRequest
 from llmrouter.store.tables import ledger
+from tests.client_view import WEATHER_TOOL, streamed_text
 from tests.upstreams.loopback import LoopbackServer
 from tests.upstreams.mistral_server import API_KEY, FakeMistral
 
 MODEL = "mistral-small-latest"
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 TIME = {"type": "function", "function": {"name": "get_time"}}
 NINE_CHARACTERS = re.compile(r"[a-zA-Z0-9]{9}")
 
@@ -76,10 +65,6 @@ def ask(*messages: dict[str, Any] | str, **fields: Any) -> ChatRequest:
 def collect(adapter: ProviderAdapter, request: ChatRequest) -> list[ChatCompletionChunk]:
     with adapter.stream(request, MODEL) as stream:
         return list(stream)
-
-
-def streamed_text(chunks: list[ChatCompletionChunk]) -> str:
-    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
 
 def tool_round_trip(call_ids: list[str]) -> list[dict[str, Any]]:
@@ -242,7 +227,7 @@ def test_wrong_key_is_an_auth_error(base_url: str) -> None:
 
 
 def test_tool_call_has_a_mistral_id(adapter: ProviderAdapter, fake: FakeMistral) -> None:
-    completion = adapter.chat(ask("get_weather for Paris", tools=[WEATHER, TIME]), MODEL)
+    completion = adapter.chat(ask("get_weather for Paris", tools=[WEATHER_TOOL, TIME]), MODEL)
 
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -251,11 +236,11 @@ def test_tool_call_has_a_mistral_id(adapter: ProviderAdapter, fake: FakeMistral)
     assert call.id == "call00001"
     assert call.function.name == "get_weather"
     assert json.loads(call.function.arguments) == {"city": "42"}
-    assert fake.last["tools"] == [WEATHER, TIME]
+    assert fake.last["tools"] == [WEATHER_TOOL, TIME]
 
 
 def test_required_tool_choice_is_sent_as_any(adapter: ProviderAdapter, fake: FakeMistral) -> None:
-    completion = adapter.chat(ask("hi", tools=[TIME, WEATHER], tool_choice="required"), MODEL)
+    completion = adapter.chat(ask("hi", tools=[TIME, WEATHER_TOOL], tool_choice="required"), MODEL)
 
     assert fake.last["tool_choice"] == "any"
     assert completion.choices[0].message.tool_calls is not None
@@ -266,14 +251,16 @@ def test_named_and_none_tool_choices_pass_unchanged(
     adapter: ProviderAdapter, fake: FakeMistral
 ) -> None:
     named = {"type": "function", "function": {"name": "get_weather"}}
-    adapter.chat(ask("hi", tools=[TIME, WEATHER], tool_choice=named), MODEL)
+    adapter.chat(ask("hi", tools=[TIME, WEATHER_TOOL], tool_choice=named), MODEL)
     assert fake.last["tool_choice"] == named
     adapter.chat(ask("get_time", tools=[TIME], tool_choice="none"), MODEL)
     assert fake.last["tool_choice"] == "none"
 
 
 def test_streamed_parallel_tool_calls(adapter: ProviderAdapter) -> None:
-    chunks = collect(adapter, ask("get_weather and get_time", tools=[WEATHER, TIME], stream=True))
+    chunks = collect(
+        adapter, ask("get_weather and get_time", tools=[WEATHER_TOOL, TIME], stream=True)
+    )
 
     deltas = [d for c in chunks for d in c.choices[0].delta.tool_calls or []]
     assert [(d.index, d.id, d.function and d.function.name) for d in deltas] == [
@@ -289,7 +276,7 @@ def test_tool_round_trip_maps_foreign_ids_consistently(
 ) -> None:
     foreign = ["call_abc123def456", "toolu_01A09q90qw90lq917835lq9"]
 
-    completion = adapter.chat(ask(*tool_round_trip(foreign), tools=[WEATHER]), MODEL)
+    completion = adapter.chat(ask(*tool_round_trip(foreign), tools=[WEATHER_TOOL]), MODEL)
 
     assert completion.choices[0].message.content == f"The tool said: sunny {foreign[1]}"
     sent = fake.last["messages"]
@@ -299,12 +286,12 @@ def test_tool_round_trip_maps_foreign_ids_consistently(
     assert len(set(call_ids)) == 2
     assert all(NINE_CHARACTERS.fullmatch(i) for i in call_ids)
 
-    adapter.chat(ask(*tool_round_trip(foreign), tools=[WEATHER]), MODEL)
+    adapter.chat(ask(*tool_round_trip(foreign), tools=[WEATHER_TOOL]), MODEL)
     assert [c["id"] for c in fake.last["messages"][1]["tool_calls"]] == call_ids
 
 
 def test_mistral_ids_come_back_unchanged(adapter: ProviderAdapter, fake: FakeMistral) -> None:
-    adapter.chat(ask(*tool_round_trip(["D681PevKs"]), tools=[WEATHER]), MODEL)
+    adapter.chat(ask(*tool_round_trip(["D681PevKs"]), tools=[WEATHER_TOOL]), MODEL)
 
     assert fake.last["messages"][1]["tool_calls"][0]["id"] == "D681PevKs"
     assert fake.last["messages"][2]["tool_call_id"] == "D681PevKs"
