@@ -13,27 +13,22 @@ from sqlalchemy import (
     Connection,
     Update,
     bindparam,
-    create_engine,
-    event,
     func,
     insert,
     select,
     text,
     update,
 )
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import (
-    ArgumentError,
     IntegrityError,
-    NoSuchModuleError,
     OperationalError,
-    SQLAlchemyError,
 )
-from sqlalchemy.pool import StaticPool
 
-from ..errors import ConfigError, NotFoundError, StoreUnavailableError
+from ..errors import NotFoundError, StoreUnavailableError
 from . import settlement as settlement_sql
 from .admission import RESULT_COLUMNS, UNLIMITED, admission_statement
+from .engine import create_engine_for, is_sqlite_memory
 from .records import (
     Admission,
     AdmissionKind,
@@ -58,12 +53,12 @@ class Store:
     """One SQL database (SQLite, PostgreSQL, MariaDB/MySQL) holding keys, quotas and money."""
 
     def __init__(self, database_url: str, *, engine: Engine | None = None) -> None:
-        self.engine = engine or _create_engine(database_url)
+        self.engine = engine or create_engine_for(database_url)
         dialect = self.engine.dialect
         self._left_to_right = dialect.name in ("mysql", "mariadb")
         self._returning = bool(dialect.update_returning)
         # An in-memory SQLite database is one shared connection: one transaction at a time.
-        self._memory_lock = threading.Lock() if _is_sqlite_memory(self.engine) else None
+        self._memory_lock = threading.Lock() if is_sqlite_memory(self.engine) else None
         # Built once: compiling a statement per call would double the request's overhead.
         self._admit = {
             premium: _with_result(
@@ -431,71 +426,3 @@ def _key_record(row: Any) -> KeyRecord:
         throttle_seconds=row.throttle_seconds,
         requests_per_minute=row.requests_per_minute,
     )
-
-
-def _is_sqlite_memory(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:")
-
-
-def _create_engine(database_url: str) -> Engine:
-    try:
-        url = make_url(database_url)
-    except SQLAlchemyError as exc:
-        raise ConfigError(f"'{database_url}' is not a database URL", key="database_url") from exc
-    backend = url.get_backend_name()
-    try:
-        if backend == "sqlite":
-            return _sqlite_engine(url)
-        if backend in ("mysql", "mariadb"):
-            engine = create_engine(url, pool_pre_ping=True, pool_recycle=3600)
-            event.listen(engine, "connect", _mysql_left_to_right)
-            return engine
-        return create_engine(url, pool_pre_ping=True)
-    except NoSuchModuleError:
-        raise ConfigError(
-            f"no database driver for '{url.drivername}' in '{url.render_as_string()}'",
-            key="database_url",
-        ) from None
-    except ArgumentError as exc:
-        raise ConfigError(str(exc), key="database_url") from None
-    except ModuleNotFoundError as exc:
-        extra = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}.get(backend)
-        hint = f"; install it with: pip install 'llmrouter[{extra}]'" if extra else ""
-        raise ConfigError(
-            f"the database driver '{exc.name}' is not installed{hint}", key="database_url"
-        ) from None
-
-
-def _sqlite_engine(url: Any) -> Engine:
-    memory = url.database in (None, "", ":memory:")
-    engine = create_engine(
-        url,
-        connect_args={"check_same_thread": False, "timeout": 30},
-        poolclass=StaticPool if memory else None,
-    )
-
-    @event.listens_for(engine, "connect")
-    def _configure(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy, not the driver, open transactions, and open them as writers
-        # (BEGIN IMMEDIATE) so concurrent processes queue instead of deadlocking.
-        dbapi_connection.isolation_level = None
-        if not memory:
-            dbapi_connection.execute("PRAGMA journal_mode=WAL")
-            dbapi_connection.execute("PRAGMA synchronous=NORMAL")
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        # Straight to the driver: through SQLAlchemy's execution path this one statement
-        # costs as much as the admission itself.
-        driver = conn.connection.driver_connection
-        assert driver is not None  # a connection being begun is open
-        driver.execute("BEGIN IMMEDIATE")
-
-    return engine
-
-
-def _mysql_left_to_right(dbapi_connection: Any, _record: Any) -> None:
-    # The admission statement relies on MySQL's default left-to-right SET evaluation;
-    # a server running with SIMULTANEOUS_ASSIGNMENT would break it, so switch it off here.
-    with dbapi_connection.cursor() as cursor:
-        cursor.execute("SET SESSION sql_mode = REPLACE(@@sql_mode, 'SIMULTANEOUS_ASSIGNMENT', '')")
