@@ -79,7 +79,7 @@ def json_body() -> Any:
     data = _read_at_most(limit)
     try:
         return json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
         raise InvalidRequestError(
             "We could not parse the JSON body of your request. Send a JSON object."
         ) from None
@@ -113,7 +113,7 @@ def build_blueprint(name: str, *, catch_all: bool) -> Blueprint:
         _only("POST")
         result = router().complete(json_body(), api_key=bearer_token())
         if isinstance(result.body, MeteredStream):
-            return Response(
+            response = Response(
                 _event_stream(result.body),
                 mimetype="text/event-stream",
                 headers={
@@ -122,6 +122,9 @@ def build_blueprint(name: str, *, catch_all: bool) -> Blueprint:
                     **result.headers(),
                 },
             )
+            # The generator's own cleanup does not run if it is closed before it starts.
+            response.call_on_close(result.body.close)
+            return response
         return json_response(
             result.body.model_dump_json(exclude_none=True), headers=result.headers()
         )

@@ -16,6 +16,8 @@ from .errors import InvalidRequestError
 from .schemas import ChatCompletion, ChatRequest, ImagePart, TextPart, Usage
 
 NANOS_PER_USD = 10**9
+#: a billion dollars: the most one balance holds, far from where BIGINT overflows
+MAX_BALANCE_NANOS = 10**18
 _NANO = Decimal(1) / NANOS_PER_USD
 
 #: tokens set aside for each image when estimating a prompt (providers bill ~85–1,600)
@@ -38,16 +40,24 @@ def usd_to_nanos(amount: Decimal | str | int, *, field: str = "amount") -> int:
         ) from None
     if not value.is_finite():
         raise InvalidRequestError(f"{field} must be a finite number", param=field)
-    nanos = value * NANOS_PER_USD
-    if nanos != nanos.to_integral_value():
+    # Integer arithmetic on the digits: Decimal operations round at 28 digits, which
+    # would let an amount finer than a nano-dollar through as if it were whole.
+    sign, digits, exponent = value.as_tuple()
+    shift = int(exponent) + 9
+    number = int("".join(map(str, digits)) or "0")
+    if shift < 0 and number % 10**-shift:
         raise InvalidRequestError(f"{field} '{amount}' is finer than a nano-dollar", param=field)
-    return int(nanos)
+    nanos = (number * 10**shift if shift >= 0 else number // 10**-shift) * (-1 if sign else 1)
+    if abs(nanos) > MAX_BALANCE_NANOS:
+        raise InvalidRequestError(
+            f"{field} is more than ${nanos_to_usd(MAX_BALANCE_NANOS)}", param=field
+        )
+    return nanos
 
 
 def nanos_to_usd(nanos: int) -> str:
     """``1234`` -> ``"0.000001234"``: a decimal string with no exponent and no trailing zeros."""
-    text = format((Decimal(nanos) / NANOS_PER_USD).normalize(), "f")
-    return text
+    return format(Decimal(nanos).scaleb(-9).normalize(), "f")
 
 
 def price_string(price: Decimal) -> str:
@@ -92,6 +102,8 @@ def estimate_prompt_tokens(request: ChatRequest) -> int:
             total += len(call.function.name.encode()) + len(call.function.arguments.encode())
     if request.tools:
         total += len(json.dumps([t.model_dump(exclude_none=True) for t in request.tools]).encode())
+    if request.response_format is not None:  # some providers send the schema as a prompt
+        total += len(request.response_format.model_dump_json(exclude_none=True).encode())
     return total
 
 
@@ -101,7 +113,7 @@ def reservation_nanos(request: ChatRequest, model: ModelSettings) -> int:
     if model.context_length:
         prompt = min(prompt, model.context_length)
     output = request.output_limit or model.max_output_length or DEFAULT_OUTPUT_ALLOWANCE
-    return Prices.of(model).cost_nanos(prompt, output)
+    return Prices.of(model).cost_nanos(prompt, output * (request.n or 1))
 
 
 def estimate_tokens_from_text(characters: int) -> int:

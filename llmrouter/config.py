@@ -48,7 +48,7 @@ def _decimal_price(value: Any) -> Decimal:
 class ModelSettings(_Strict):
     """One model a provider offers (``[[providers.models]]``)."""
 
-    id: str = Field(min_length=1)
+    id: str = Field(min_length=1, max_length=200)
     name: str | None = None
     description: str = ""
     created: int = 0
@@ -71,7 +71,7 @@ class ModelSettings(_Strict):
 class ProviderSettings(_Strict):
     """One upstream connection (``[[providers]]``)."""
 
-    name: str = Field(min_length=1, pattern=r"^[^#\s]+$")
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[^#\s]+$")
     kind: str
     aliases: list[str] = []
     base_url: str | None = None
@@ -89,6 +89,7 @@ class ProviderSettings(_Strict):
     unlisted_completion_price: Decimal = Decimal(0)
     stream_usage: bool = True
     drop_fields: list[str] = []
+    max_answer_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     models: list[ModelSettings] = []
 
     _price = field_validator("unlisted_prompt_price", "unlisted_completion_price", mode="before")(
@@ -99,12 +100,24 @@ class ProviderSettings(_Strict):
         return self.api_key.get_secret_value() if self.api_key else None
 
 
+#: quota numbers live in 32-bit INTEGER columns
+INT32_MAX = 2**31 - 1
+
+
 class QuotaSettings(_Strict):
     """Fair-use defaults (``[quota]``); each key may override them."""
 
-    daily_requests: int = Field(default=200, ge=0)
-    throttle_seconds: int = Field(default=600, ge=1)
-    requests_per_minute: int | None = Field(default=None, ge=1)
+    daily_requests: int = Field(default=200, ge=0, le=INT32_MAX)
+    throttle_seconds: int = Field(default=600, ge=1, le=INT32_MAX)
+    requests_per_minute: int | None = Field(default=None, ge=1, le=INT32_MAX)
+
+
+class KeyQuota(_Strict):
+    """One key's overrides of ``[quota]``; ``None`` keeps the default."""
+
+    daily_requests: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    throttle_seconds: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    requests_per_minute: int | None = Field(default=None, ge=1, le=INT32_MAX)
 
 
 class Settings(_Strict):
@@ -173,7 +186,8 @@ def _validate(data: dict[str, Any], label: str) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         key = _dotted(first["loc"], data)
-        raise ConfigError(first["msg"], source=label, key=key) from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(message, source=label, key=key) from None
     _resolve_env_secrets(settings, label)
     _check_references(settings, label)
     return settings

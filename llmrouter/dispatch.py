@@ -16,7 +16,13 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from .errors import UpstreamAuthError, UpstreamError
+from .errors import (
+    InvalidRequestError,
+    LLMRouterError,
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamRejectedError,
+)
 from .naming import Target
 from .providers.base import ChunkStream, ProviderAdapter
 from .schemas import ChatCompletion, ChatRequest
@@ -75,7 +81,9 @@ class Dispatcher:
             try:
                 first = next(upstream)
             except StopIteration:
-                return upstream
+                raise UpstreamError(
+                    f"{target.provider} sent an empty stream", provider=target.provider
+                ) from None
             except BaseException:
                 upstream.close()
                 raise
@@ -86,7 +94,7 @@ class Dispatcher:
     def _first_success(
         self, targets: list[Target], call: Callable[[ProviderAdapter, Target], _T]
     ) -> tuple[_T, Target]:
-        last_error: UpstreamError | None = None
+        last_error: LLMRouterError | None = None
         for target in targets:
             wait = self.cooldowns.remaining(target.provider)
             if wait:
@@ -102,6 +110,13 @@ class Dispatcher:
             for attempt in range(settings.max_retries + 1):
                 try:
                     result = call(adapter, target)
+                except InvalidRequestError as exc:
+                    if isinstance(exc, UpstreamRejectedError):
+                        raise  # the provider read the request and refused its content
+                    # This provider's format cannot carry the request (e.g. n > 1 on
+                    # Anthropic); another provider's may.
+                    last_error = exc
+                    break
                 except UpstreamError as exc:
                     last_error = exc
                     self.cooldowns.failed(

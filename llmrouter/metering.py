@@ -8,6 +8,7 @@ before any output).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -82,8 +83,15 @@ class MeteredStream:
         raise StopIteration
 
     def close(self) -> None:
+        """Stop: release the upstream, bill what was delivered (nothing delivered: failed)."""
         self._upstream.close()
-        self._end("partial")
+        self._end("partial" if self._delivered else "failed", "closed by the client")
+
+    def __del__(self) -> None:
+        # A stream dropped unclosed still frees its connection and settles.
+        if not self._ended:
+            with contextlib.suppress(Exception):
+                self.close()
 
     def __enter__(self) -> MeteredStream:
         return self

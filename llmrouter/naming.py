@@ -7,8 +7,12 @@ from dataclasses import dataclass
 
 from .billing import price_string
 from .config import ModelSettings, ProviderSettings, Settings
-from .errors import ConfigError, ModelNotFoundError
+from .errors import ConfigError, InvalidRequestError, ModelNotFoundError
 from .schemas import ModelCard, Pricing
+
+#: the longest names the ledger's columns take: a whole name, and its model id
+MAX_MODEL_NAME = 300
+MAX_MODEL_ID = 200
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,10 @@ class ModelCatalog:
 
     def resolve(self, name: str) -> Target:
         """The target of a name; ``ModelNotFoundError`` naming close matches otherwise."""
+        if len(name) > MAX_MODEL_NAME:
+            raise InvalidRequestError(
+                f"'model' is longer than {MAX_MODEL_NAME} characters", param="model"
+            )
         name = self.aliases.get(name, name)
         provider_name, sep, model_id = name.partition("#")
         if not sep:
@@ -74,6 +82,11 @@ class ModelCatalog:
         if model is not None:
             return Target(provider.name, model.id, model)
         if provider.allow_unlisted_models:
+            if len(model_id) > MAX_MODEL_ID:
+                raise InvalidRequestError(
+                    f"the model id after '#' is longer than {MAX_MODEL_ID} characters",
+                    param="model",
+                )
             return Target(provider.name, model_id, _unlisted(provider, model_id))
         raise ModelNotFoundError(name, self._close_to(name))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -10,18 +11,48 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from pydantic import ValidationError
+
 from .billing import Prices, estimate_usage, reservation_nanos, usage_or_estimate, usd_to_nanos
-from .config import Settings, load_settings, source_label
+from .config import KeyQuota, Settings, load_settings, source_label
 from .dispatch import Dispatcher
-from .errors import ConfigError, InvalidRequestError, LLMRouterError
+from .errors import (
+    AuthenticationError,
+    ConfigError,
+    InvalidRequestError,
+    LLMRouterError,
+    NotFoundError,
+    StoreUnavailableError,
+    UpstreamRejectedError,
+)
 from .keys import KeyAuthenticator
 from .metering import MeteredStream, StreamEnd
 from .naming import ModelCatalog, Target
-from .providers.base import ProviderAdapter
+from .providers.base import ChunkStream, ProviderAdapter
 from .providers.registry import build_adapter
 from .quota import QuotaPolicy, RateLimitInfo
-from .schemas import ChatCompletion, ChatRequest, ModelCard, ModelList, Usage, parse_chat_request
-from .store import Admission, KeyRecord, ProviderTotal, Settlement, Store, UsageRow
+from .schemas import (
+    ChatCompletion,
+    ChatRequest,
+    ModelCard,
+    ModelList,
+    Usage,
+    describe_validation_error,
+    parse_chat_request,
+)
+from .store import (
+    Admission,
+    AdmissionKind,
+    KeyRecord,
+    ProviderTotal,
+    Settlement,
+    Store,
+    UsageRow,
+)
+
+log = logging.getLogger("llmrouter")
+#: tries to write one call's settlement before it is logged as unsettled
+SETTLE_ATTEMPTS = 3
 
 
 @dataclass
@@ -52,6 +83,7 @@ class Router:
         self.quota = QuotaPolicy(settings.quota)
         self.adapters = _build_adapters(settings)
         self.dispatcher = Dispatcher(self.adapters, sleep=sleep)
+        self._sleep = sleep
         self.store = store or Store(settings.database_url)
         self.keys = KeyAuthenticator(self.store, ttl_seconds=settings.key_cache_seconds)
         self._clock = clock
@@ -96,54 +128,79 @@ class Router:
         target = self.catalog.resolve(request.model)
         targets = [target, *self.catalog.fallbacks(target)]
         reserve = max(reservation_nanos(request, t.model) for t in targets)
-        admission = self.store.admit(
-            key.id,
-            now=self._now_ms(),
-            defaults=self.quota.defaults,
-            reserve_nanos=reserve,
-            premium=target.model.premium,
-        )
+        admission = self._admit(key, target, reserve)
         rate_limit = self.quota.check(admission, needed_nanos=reserve)
+        if admission.kind is not AdmissionKind.CREDITS:
+            # Only a paid call may be served by a premium model, a fallback included (the
+            # primary is never premium here: premium is paid for or refused at admission).
+            targets = [t for t in targets if not t.model.premium]
         request_id = "chatcmpl-" + uuid.uuid4().hex
-        if request.stream:
-            return self._stream(request, request_id, targets, admission, rate_limit)
         try:
-            completion, served = self.dispatcher.chat(request, targets)
+            if request.stream:
+                upstream, served = self.dispatcher.stream(request, targets)
+            else:
+                completion, served = self.dispatcher.chat(request, targets)
         except BaseException as exc:
-            self._settle_failure(request_id, targets[0], admission, exc)
+            self._dispatch_failed(request_id, targets[0], admission, exc)
+            if isinstance(exc, LLMRouterError):
+                exc.headers = {**rate_limit.headers(), **exc.headers}
             raise
+        if request.stream:
+            return ChatResult(
+                self._metered(request, request_id, upstream, served, admission),
+                rate_limit,
+                served.provider,
+            )
         usage, estimated = usage_or_estimate(request, completion)
         self._settle(request_id, served, admission, "ok", usage, estimated)
         completion.model = served.public_id
         return ChatResult(completion, rate_limit, served.provider)
 
-    def _stream(
+    def _admit(self, key: KeyRecord, target: Target, reserve: int) -> Admission:
+        try:
+            return self.store.admit(
+                key.id,
+                now=self._now_ms(),
+                defaults=self.quota.defaults,
+                reserve_nanos=reserve,
+                premium=target.model.premium,
+            )
+        except NotFoundError:
+            # Revoked by another process while this one still had the key cached.
+            self.keys.forget_all()
+            raise AuthenticationError("This API key has been revoked.") from None
+
+    def _metered(
         self,
         request: ChatRequest,
         request_id: str,
-        targets: list[Target],
+        upstream: ChunkStream,
+        served: Target,
         admission: Admission,
-        rate_limit: RateLimitInfo,
-    ) -> ChatResult:
-        try:
-            upstream, served = self.dispatcher.stream(request, targets)
-        except BaseException as exc:
-            self._settle_failure(request_id, targets[0], admission, exc)
-            raise
-
+    ) -> MeteredStream:
         def on_end(end: StreamEnd) -> None:
             self._settle(
                 request_id, served, admission, end.status, end.usage, end.usage_estimated, end.error
             )
 
-        stream = MeteredStream(
+        return MeteredStream(
             upstream,
             model=served.public_id,
             include_usage=bool(request.stream_options and request.stream_options.include_usage),
             estimate_usage=lambda delivered: estimate_usage(request, delivered),
             on_end=on_end,
         )
-        return ChatResult(stream, rate_limit, served.provider)
+
+    def _dispatch_failed(
+        self, request_id: str, target: Target, admission: Admission, exc: BaseException
+    ) -> None:
+        """Account for a request no provider served: a failed call in the ledger, or, when
+        no provider could even take the request, no call at all."""
+        if isinstance(exc, InvalidRequestError) and not isinstance(exc, UpstreamRejectedError):
+            self.store.release(admission)
+            return
+        message = exc.message if isinstance(exc, LLMRouterError) else type(exc).__name__
+        self._settle(request_id, target, admission, "failed", Usage(), False, message)
 
     def _settle(
         self,
@@ -158,28 +215,31 @@ class Router:
         if status == "failed":  # nothing was delivered: nothing is billed
             usage, estimated = Usage(), False
         cost = Prices.of(served.model).cost_nanos(usage.prompt_tokens, usage.completion_tokens)
-        self.store.settle(
-            Settlement(
-                request_id=request_id,
-                admission=admission,
-                provider=served.provider,
-                model=served.public_id,
-                upstream_model=served.upstream_model,
-                status=status,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                usage_estimated=estimated,
-                cost_nanos=cost,
-                finished_at=self._now_ms(),
-                error=error,
-            )
+        settlement = Settlement(
+            request_id=request_id,
+            admission=admission,
+            provider=served.provider,
+            model=served.public_id,
+            upstream_model=served.upstream_model,
+            status=status,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            usage_estimated=estimated,
+            cost_nanos=cost,
+            finished_at=self._now_ms(),
+            error=error,
         )
-
-    def _settle_failure(
-        self, request_id: str, target: Target, admission: Admission, exc: BaseException
-    ) -> None:
-        message = exc.message if isinstance(exc, LLMRouterError) else type(exc).__name__
-        self._settle(request_id, target, admission, "failed", Usage(), False, message)
+        # Settling is idempotent per request id, so a database hiccup is simply retried;
+        # a call that still cannot be written is logged whole, for reconciliation.
+        for attempt in range(SETTLE_ATTEMPTS):
+            try:
+                self.store.settle(settlement)
+                return
+            except StoreUnavailableError:
+                if attempt == SETTLE_ATTEMPTS - 1:
+                    log.error("unsettled call: %r", settlement)
+                    raise
+                self._sleep(0.05 * 2**attempt)
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -207,14 +267,23 @@ class Router:
         """A new API key and its secret (shown once; only its hash is stored)."""
         if not name.strip():
             raise InvalidRequestError("a key needs a non-empty name", param="name")
+        try:
+            quota = KeyQuota(
+                daily_requests=daily_requests,
+                throttle_seconds=throttle_seconds,
+                requests_per_minute=requests_per_minute,
+            )
+        except ValidationError as exc:
+            message, param = describe_validation_error(exc)
+            raise InvalidRequestError(message, param=param) from None
         record, secret = self.store.create_key(
             name,
             is_admin=admin,
             credits_nanos=_positive_nanos(credits, "credits", allow_zero=True),
             now=self._now_ms(),
-            daily_requests=daily_requests,
-            throttle_seconds=throttle_seconds,
-            requests_per_minute=requests_per_minute,
+            daily_requests=quota.daily_requests,
+            throttle_seconds=quota.throttle_seconds,
+            requests_per_minute=quota.requests_per_minute,
         )
         self.keys.forget_all()
         return record, secret

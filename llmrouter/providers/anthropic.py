@@ -98,9 +98,9 @@ class AnthropicAdapter(ProviderAdapter):
 
     def chat(self, request: ChatRequest, upstream_model: str) -> ChatCompletion:
         body = self.build_body(request, upstream_model)
-        response = self.transport.post(self.url, body, self.headers)
+        answer = self.transport.post(self.url, body, self.headers)
         try:
-            return translate_response(response.json(), json_mode=_json_tool_mode(request))
+            return translate_response(json.loads(answer), json_mode=_json_tool_mode(request))
         except _MALFORMED as exc:
             raise UpstreamError(
                 f"{self.name} sent an answer that is not a Messages API message", provider=self.name
@@ -108,7 +108,7 @@ class AnthropicAdapter(ProviderAdapter):
 
     def stream(self, request: ChatRequest, upstream_model: str) -> ChunkStream:
         body = {**self.build_body(request, upstream_model), "stream": True}
-        response = self.transport.post(self.url, body, self.headers, stream=True)
+        response = self.transport.open_stream(self.url, body, self.headers)
         translator = StreamTranslator(json_mode=_json_tool_mode(request))
         return ChunkStream(self._chunks(response, translator), response.close)
 

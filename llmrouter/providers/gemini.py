@@ -67,17 +67,19 @@ class _GeminiTransport(HTTPTransport):
     """Gemini says in the error body what its status code does not: a bad key (400), a
     refusal for the account rather than the request (400), the retry delay (429)."""
 
-    def error_for(self, response: requests.Response) -> UpstreamError | UpstreamRejectedError:
-        error = super().error_for(response)
+    def error_for(
+        self, response: requests.Response, body: bytes
+    ) -> UpstreamError | UpstreamRejectedError:
+        error = super().error_for(response, body)
         status = response.status_code
         try:
-            body = response.json()["error"]
-            details = [detail for detail in body.get("details", []) if isinstance(detail, dict)]
+            problem = json.loads(body)["error"]
+            details = [d for d in problem.get("details", []) if isinstance(d, dict)]
         except (ValueError, KeyError, TypeError, AttributeError):
             return error
         if any(detail.get("reason") == "API_KEY_INVALID" for detail in details):
             return UpstreamAuthError(error.message, provider=self.provider, upstream_status=status)
-        if body.get("status") == "FAILED_PRECONDITION":
+        if problem.get("status") == "FAILED_PRECONDITION":
             # A 400 for the account, not the request ("User location is not supported…",
             # billing): another provider may well serve the same request.
             return UpstreamError(error.message, provider=self.provider, upstream_status=status)
@@ -109,9 +111,9 @@ class GeminiAdapter(ProviderAdapter):
     def chat(self, request: ChatRequest, upstream_model: str) -> ChatCompletion:
         body = build_request(request)
         url = self._url(upstream_model, "generateContent")
-        response = self.transport.post(url, body, self.headers)
+        answer = self.transport.post(url, body, self.headers)
         try:
-            return _completion(response.json(), upstream_model)
+            return _completion(json.loads(answer), upstream_model)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UpstreamError(
                 f"{self.name} sent an answer that is not a GenerateContentResponse",
@@ -121,7 +123,7 @@ class GeminiAdapter(ProviderAdapter):
     def stream(self, request: ChatRequest, upstream_model: str) -> ChunkStream:
         body = build_request(request)
         url = self._url(upstream_model, "streamGenerateContent") + "?alt=sse"
-        response = self.transport.post(url, body, self.headers, stream=True)
+        response = self.transport.open_stream(url, body, self.headers)
         events = self.transport.events(response)
         # The first event is read here so that an error event or an empty stream raises
         # from stream() itself, while the Router can still fall back.

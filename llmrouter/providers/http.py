@@ -23,6 +23,9 @@ from ..errors import (
 )
 from ..streaming import iter_sse
 
+#: how much of an error answer is read for its message
+MAX_ERROR_BYTES = 64 * 1024
+
 # Key-shaped tokens an upstream may echo back in an error message ("Incorrect API key
 # provided: sk-abc…"); they are cut out before the message reaches a client.
 _KEY_PATTERN = re.compile(r"\b(sk|pk|rk|key|AIza)[-_A-Za-z0-9*.]{8,}")
@@ -34,6 +37,7 @@ class HTTPTransport:
     def __init__(self, settings: ProviderSettings, base_url: str, pool_size: int = 64) -> None:
         self.provider = settings.name
         self.timeout = (settings.connect_timeout, settings.read_timeout)
+        self.max_answer_bytes = settings.max_answer_bytes
         self._secret = settings.secret()
         self.session = requests.Session()
         # requests reads proxy variables and ~/.netrc from the environment on every call
@@ -45,20 +49,28 @@ class HTTPTransport:
         self.session.mount("http://", pool)
         self.session.mount("https://", pool)
 
-    def post(
-        self,
-        url: str,
-        body: dict[str, Any],
-        headers: dict[str, str],
-        *,
-        stream: bool = False,
+    def post(self, url: str, body: dict[str, Any], headers: dict[str, str]) -> bytes:
+        """POST ``body`` as JSON and return the answer's body, or raise the matching
+        upstream error. An answer over ``max_answer_bytes`` is refused, not read."""
+        response = self._send(url, body, headers)
+        try:
+            return _read_at_most(response, self.max_answer_bytes, self.provider)
+        finally:
+            response.close()
+
+    def open_stream(
+        self, url: str, body: dict[str, Any], headers: dict[str, str]
     ) -> requests.Response:
-        """POST ``body`` as JSON; return the response or raise the matching upstream error."""
+        """POST ``body`` as JSON and return the open response of a stream (close it)."""
+        return self._send(url, body, headers)
+
+    def _send(self, url: str, body: dict[str, Any], headers: dict[str, str]) -> requests.Response:
         data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         headers = {"Content-Type": "application/json", **headers}
         try:
+            # Always streamed: bodies are read here, with a bound, never whole by requests.
             response = self.session.post(
-                url, data=data, headers=headers, timeout=self.timeout, stream=stream
+                url, data=data, headers=headers, timeout=self.timeout, stream=True
             )
         except requests.ConnectTimeout as exc:
             raise UpstreamError(
@@ -76,15 +88,18 @@ class HTTPTransport:
             ) from exc
         if response.status_code >= 400:
             try:
-                raise self.error_for(response)
+                raise self.error_for(response, _read_at_most(response, MAX_ERROR_BYTES))
             finally:
                 response.close()
         return response
 
-    def error_for(self, response: requests.Response) -> UpstreamError | UpstreamRejectedError:
+    def error_for(
+        self, response: requests.Response, body: bytes
+    ) -> UpstreamError | UpstreamRejectedError:
         """The error to raise for an upstream error status, keeping its message."""
         status = response.status_code
-        message = f"{self.provider} answered {status}: {self.redact(upstream_message(response))}"
+        text = upstream_message(body) or response.reason or "no message"
+        message = f"{self.provider} answered {status}: {self.redact(text)}"
         if status in (401, 403):
             return UpstreamAuthError(message, provider=self.provider, upstream_status=status)
         if status == 429:
@@ -148,13 +163,35 @@ class HTTPTransport:
         self.session.close()
 
 
-def upstream_message(response: requests.Response) -> str:
+def upstream_message(body: bytes) -> str:
     """The human message of an upstream error body, in any of the providers' shapes."""
     try:
-        body = response.json()
+        parsed = json.loads(body)
     except ValueError:
-        return response.text[:500].strip() or response.reason or "no message"
-    return message_of(body) or json.dumps(body)[:500]
+        return body[:500].decode(errors="replace").strip()
+    return message_of(parsed) or json.dumps(parsed)[:500]
+
+
+def _read_at_most(response: requests.Response, limit: int, provider: str | None = None) -> bytes:
+    """The body, or (``provider`` given) ``UpstreamError`` once it passes ``limit`` bytes;
+    without ``provider`` the first ``limit`` bytes (enough of an error message)."""
+    pieces, size = [], 0
+    try:
+        for piece in response.iter_content(chunk_size=65536):
+            pieces.append(piece)
+            size += len(piece)
+            if size > limit:
+                if provider is None:
+                    break
+                raise UpstreamError(
+                    f"{provider} sent an answer larger than {limit} bytes", provider=provider
+                )
+    except requests.RequestException as exc:
+        raise UpstreamError(
+            f"{provider or 'the provider'}: answer broke off ({type(exc).__name__})",
+            provider=provider,
+        ) from exc
+    return b"".join(pieces)[:limit]
 
 
 def message_of(body: Any) -> str | None:

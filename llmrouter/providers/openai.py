@@ -53,11 +53,11 @@ class OpenAIAdapter(ProviderAdapter):
         return body
 
     def chat(self, request: ChatRequest, upstream_model: str) -> ChatCompletion:
-        response = self.transport.post(
+        answer = self.transport.post(
             self.url, self.build_body(request, upstream_model), self.headers
         )
         try:
-            return ChatCompletion.model_validate_json(response.content)
+            return ChatCompletion.model_validate_json(answer)
         except ValidationError as exc:
             raise UpstreamError(
                 f"{self.name} sent an answer that is not a chat.completion: {_first_error(exc)}",
@@ -65,8 +65,8 @@ class OpenAIAdapter(ProviderAdapter):
             ) from exc
 
     def stream(self, request: ChatRequest, upstream_model: str) -> ChunkStream:
-        response = self.transport.post(
-            self.url, self.build_body(request, upstream_model), self.headers, stream=True
+        response = self.transport.open_stream(
+            self.url, self.build_body(request, upstream_model), self.headers
         )
         return ChunkStream(self._chunks(response), response.close)
 

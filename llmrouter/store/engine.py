@@ -12,6 +12,10 @@ from sqlalchemy.pool import StaticPool
 
 from ..errors import ConfigError
 
+_READ_ONLY_OPTION = "llmrouter_read_only"
+#: execution options of a transaction that only reads
+READ_ONLY = {_READ_ONLY_OPTION: True}
+
 
 def is_sqlite_memory(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:")
@@ -66,10 +70,12 @@ def _sqlite_engine(url: Any) -> Engine:
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
         # Straight to the driver: through SQLAlchemy's execution path this one statement
-        # costs as much as the admission itself.
+        # costs as much as the admission itself. Readers begin deferred: in WAL mode they
+        # then never wait for writers (a long usage report does not stall requests).
         driver = conn.connection.driver_connection
         assert driver is not None  # a connection being begun is open
-        driver.execute("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get(_READ_ONLY_OPTION, False)
+        driver.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 

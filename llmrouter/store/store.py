@@ -25,10 +25,11 @@ from sqlalchemy.exc import (
     OperationalError,
 )
 
-from ..errors import NotFoundError, StoreUnavailableError
+from ..billing import MAX_BALANCE_NANOS, nanos_to_usd
+from ..errors import InvalidRequestError, NotFoundError, StoreUnavailableError
 from . import settlement as settlement_sql
 from .admission import RESULT_COLUMNS, UNLIMITED, admission_statement
-from .engine import create_engine_for, is_sqlite_memory
+from .engine import READ_ONLY, create_engine_for, is_sqlite_memory
 from .records import (
     Admission,
     AdmissionKind,
@@ -67,19 +68,31 @@ class Store:
             )
             for premium in (False, True)
         }
-        metadata.create_all(self.engine)
+        try:
+            metadata.create_all(self.engine)
+        except OperationalError as exc:
+            raise StoreUnavailableError(
+                f"the database is unavailable ({type(exc.orig).__name__}): "
+                f"{self.engine.url.render_as_string()}"
+            ) from exc
 
     # ---------------------------------------------------------------- plumbing
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """A transaction; a database that cannot be reached becomes ``StoreUnavailableError``."""
+    def transaction(self, *, read_only: bool = False) -> Iterator[Connection]:
+        """A transaction; a database that cannot be reached becomes ``StoreUnavailableError``.
+
+        ``read_only`` ones do not queue behind writers on SQLite (see ``engine.READ_ONLY``).
+        """
         lock = self._memory_lock
         if lock:
             lock.acquire()
         try:
-            with self.engine.begin() as conn:
-                yield conn
+            with self.engine.connect() as conn:
+                if read_only:
+                    conn.execution_options(**READ_ONLY)
+                with conn.begin():
+                    yield conn
         except OperationalError as exc:
             raise StoreUnavailableError(
                 f"the database is unavailable ({type(exc.orig).__name__})"
@@ -89,7 +102,7 @@ class Store:
                 lock.release()
 
     def ping(self) -> None:
-        with self.transaction() as conn:
+        with self.transaction(read_only=True) as conn:
             conn.execute(text("SELECT 1"))
 
     def close(self) -> None:
@@ -140,19 +153,19 @@ class Store:
 
     def find_key(self, secret_hash: str) -> KeyRecord | None:
         """The key whose secret hashes to ``secret_hash`` (see ``hash_secret``)."""
-        with self.transaction() as conn:
+        with self.transaction(read_only=True) as conn:
             row = conn.execute(select(api_keys).where(_k.secret_hash == secret_hash)).first()
         return _key_record(row) if row else None
 
     def get_key(self, key_id: str) -> KeyRecord:
-        with self.transaction() as conn:
+        with self.transaction(read_only=True) as conn:
             row = conn.execute(select(api_keys).where(_k.id == key_id)).first()
         if row is None:
             raise NotFoundError(f"no API key with id '{key_id}'", param="key_id")
         return _key_record(row)
 
     def list_keys(self) -> list[KeyRecord]:
-        with self.transaction() as conn:
+        with self.transaction(read_only=True) as conn:
             rows = conn.execute(select(api_keys).order_by(_k.created_at, _k.id)).all()
         return [_key_record(r) for r in rows]
 
@@ -173,14 +186,17 @@ class Store:
     def _top_up(self, conn: Connection, key_id: str, amount_nanos: int, now: int) -> None:
         changed = conn.execute(
             update(api_keys)
-            .where(_k.id == key_id)
+            .where(_k.id == key_id, _k.balance_nanos <= MAX_BALANCE_NANOS - amount_nanos)
             .values(
                 balance_nanos=_k.balance_nanos + amount_nanos,
                 topped_up_nanos=_k.topped_up_nanos + amount_nanos,
             )
         ).rowcount
         if not changed:
-            raise NotFoundError(f"no API key with id '{key_id}'", param="key_id")
+            self.get_key(key_id)  # NotFoundError for an unknown key
+            raise InvalidRequestError(
+                f"a balance is at most ${nanos_to_usd(MAX_BALANCE_NANOS)}", param="amount"
+            )
         conn.execute(
             insert(top_ups).values(key_id=key_id, amount_nanos=amount_nanos, created_at=now)
         )
@@ -282,11 +298,16 @@ class Store:
         return True
 
     def _settled(self, request_id: str) -> bool:
-        with self.transaction() as conn:
+        with self.transaction(read_only=True) as conn:
             found = conn.execute(
                 select(ledger.c.id).where(ledger.c.request_id == request_id)
             ).first()
         return found is not None
+
+    def release(self, admission: Admission) -> None:
+        """Hand back an admission whose request never became a call (no ledger row)."""
+        with self.transaction() as conn:
+            self._release(conn, admission)
 
     def _release(self, conn: Connection, admission: Admission) -> None:
         """Give back what a call that produced nothing took at admission."""
@@ -356,7 +377,7 @@ class Store:
         if until_day is not None:
             query = query.where(c.day <= until_day)
         query = query.order_by(c.day, c.key_id, c.provider, c.model)
-        with self.transaction() as conn:
+        with self.transaction(read_only=True) as conn:
             rows = conn.execute(query).all()
         return [
             UsageRow(
@@ -376,7 +397,7 @@ class Store:
 
     def provider_totals(self) -> list[ProviderTotal]:
         c = provider_totals.c
-        with self.transaction() as conn:
+        with self.transaction(read_only=True) as conn:
             rows = conn.execute(select(provider_totals).order_by(c.provider)).all()
         return [
             ProviderTotal(

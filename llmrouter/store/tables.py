@@ -57,7 +57,7 @@ ledger = Table(
     Column("request_id", String(64), nullable=False, unique=True),
     Column("key_id", String(32), nullable=False),
     Column("provider", String(100), nullable=False),
-    Column("model", String(300), nullable=False),
+    Column("model", String(320), nullable=False),
     Column("upstream_model", String(200), nullable=False),
     Column("admission", String(16), nullable=False),
     Column("status", String(8), nullable=False),
