@@ -184,3 +184,18 @@ def test_the_in_process_example_runs() -> None:
         and "throttled:" in result.stdout
         and "paid call: paid" in result.stdout
     )
+
+
+def test_bad_key_overrides_and_an_unreachable_database_are_one_line_errors(
+    config: Path, tmp_path: Path
+) -> None:
+    result = run("keys", "create", "--name", "x", "--throttle-seconds", "0", config=config)
+    assert result.returncode == 1 and "throttle_seconds" in result.stderr
+    with socket.socket() as sock:  # bound, not listening: connections are refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        unreachable = tmp_path / "unreachable.toml"
+        unreachable.write_text(f'database_url = "postgresql+psycopg://u@127.0.0.1:{port}/db"\n')
+        result = run("keys", "list", "--config", str(unreachable))
+    assert result.returncode == 1
+    assert "database is unavailable" in result.stderr and "Traceback" not in result.stderr

@@ -197,3 +197,16 @@ def test_every_provider_is_billed(client: openai.OpenAI, gateway: tuple[str, Rou
         assert row.prompt_tokens > 0 and row.completion_tokens > 0 and row.cost_nanos > 0
     totals = {t.provider: t.cost_nanos for t in router.provider_totals()}
     assert totals == {p: sum(r.cost_nanos for r in router.usage() if r.provider == p) for p in rows}
+
+
+def test_a_request_a_provider_cannot_carry_is_400_and_no_call(
+    client: openai.OpenAI, gateway: tuple[str, Router]
+) -> None:
+    _, router = gateway
+    before = sum(row.requests for row in router.usage())
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model="Claude#claude-sonnet-4-5", messages=ask("two answers"), n=2
+        )
+    assert refused.value.body["param"] == "n"
+    assert sum(row.requests for row in router.usage()) == before

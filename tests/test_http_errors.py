@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from llmrouter import Router
+from tests.upstreams.openai_server import FakeOpenAI, Fault
 
 
 def post(
@@ -136,12 +137,27 @@ def test_body_too_large_without_length_is_413(live_api: str, api_key: str, route
 
 
 def test_upstream_failure_keeps_message_but_not_secrets(
-    live_api: str, api_key: str, fake_openai
+    live_api: str, api_key: str, fake_openai: FakeOpenAI
 ) -> None:
-    from tests.upstreams.openai_server import Fault
-
     fake_openai.script.extend([Fault(status=503)] * 5)
     body = json.dumps({**GOOD, "model": "OpenAI#gpt-4o-mini"})
     error = assert_openai_error(post(live_api, "/v1/chat/completions", key=api_key, body=body), 502)
     assert "scripted failure 503" in error["message"]
     assert "sk-upstream" not in json.dumps(error)
+
+
+def test_deeply_nested_json_is_400_not_500(live_api: str, api_key: str) -> None:
+    body = "[" * 5000 + "]" * 5000
+    assert_openai_error(post(live_api, "/v1/chat/completions", key=api_key, body=body), 400)
+
+
+def test_an_upstream_failure_still_carries_the_rate_limit_headers(
+    live_api: str, api_key: str, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script.extend([Fault(status=500)] * 5)
+    body = json.dumps({**GOOD, "model": "OpenAI#gpt-4o-mini"})
+    response = post(live_api, "/v1/chat/completions", key=api_key, body=body)
+    assert_openai_error(response, 502)
+    # as admitted: the failed call then hands its request back to the allowance
+    assert response.headers["X-RateLimit-Limit"] == "200"
+    assert response.headers["X-RateLimit-Remaining"] == "199"

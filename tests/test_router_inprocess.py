@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 
@@ -254,3 +255,71 @@ def test_usage_asked_for_comes_last_even_when_the_provider_sent_none(
     assert last.usage.completion_tokens == 6
     (row,) = router.usage()
     assert row.completion_tokens == 6
+
+
+def test_a_stream_closed_before_reading_frees_the_upstream_and_bills_nothing(
+    router: Router, api_key: str, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script.append(Fault(chunk_pause=0.1))
+    stream = router.chat(model="OpenAI#gpt-4o-mini", messages=HELLO, api_key=api_key, stream=True)
+    stream.close()
+    assert wait_for(lambda: fake_openai.stream_endings == ["aborted"])
+    (row,) = router.usage()
+    assert (row.failed, row.cost_nanos) == (1, 0)
+    remaining = router.complete({"model": "echo", "messages": HELLO}, api_key=api_key).rate_limit
+    assert remaining.remaining == 199  # the dropped stream handed its request back
+
+
+def test_a_stream_dropped_unclosed_is_still_settled(
+    router: Router, api_key: str, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script.append(Fault(chunk_pause=0.1))
+    stream = router.chat(model="OpenAI#gpt-4o-mini", messages=HELLO, api_key=api_key, stream=True)
+    next(stream)
+    next(stream)
+    del stream
+    gc.collect()
+    assert wait_for(lambda: fake_openai.stream_endings == ["aborted"])
+    (row,) = router.usage()
+    assert row.requests == 1 and row.failed == 0 and row.completion_tokens > 0
+
+
+def test_an_empty_stream_is_a_failure_that_falls_back(
+    make_router: Callable[..., Router], fake_openai: FakeOpenAI
+) -> None:
+    config = gateway_config(fake_openai.url)
+    config["providers"][1]["max_retries"] = 0
+    config["providers"][1]["models"][0]["fallbacks"] = ["echo#echo"]
+    router = make_router(config)
+    key = router.create_key("k")[1]
+    fake_openai.script.append(Fault(empty_stream=True))
+    chunks = list(router.chat(model="OpenAI#gpt-4o-mini", messages=HELLO, api_key=key, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "hello there"
+    assert {row.provider for row in router.usage()} == {"echo"}
+
+
+def test_an_oversized_answer_is_refused_not_read(
+    make_router: Callable[..., Router], fake_openai: FakeOpenAI
+) -> None:
+    config = gateway_config(fake_openai.url)
+    config["providers"][1].update(max_retries=0, max_answer_bytes=100_000)
+    router = make_router(config)
+    key = router.create_key("k")[1]
+    fake_openai.script.append(Fault(padding=200_000))
+    with pytest.raises(UpstreamError, match="larger than 100000 bytes"):
+        router.chat(model="OpenAI#gpt-4o-mini", messages=HELLO, api_key=key)
+    fake_openai.script.append(Fault(padding=50_000))
+    assert router.chat(model="OpenAI#gpt-4o-mini", messages=HELLO, api_key=key).choices
+
+
+def test_a_model_name_too_long_for_the_ledger_is_refused(
+    make_router: Callable[..., Router],
+) -> None:
+    config = gateway_config()
+    config["providers"][0]["allow_unlisted_models"] = True
+    router = make_router(config)
+    key = router.create_key("k")[1]
+    with pytest.raises(InvalidRequestError) as refused:
+        router.chat(model="echo#" + "m" * 201, messages=HELLO, api_key=key)
+    assert refused.value.param == "model"
+    assert router.usage() == []

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import secrets
 import socket
+import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -170,7 +172,11 @@ def gateway(database_url: str, refused_port: int, make_router: Callable[..., Rou
                 "api_key": "sk-unused-0123456789",
                 "max_retries": 0,
                 "connect_timeout": 2,
-                "models": [model("gpt-x", DOWN)],
+                "models": [
+                    model("gpt-x", DOWN),
+                    # falls back to a premium model: only ever served when paid for
+                    model("gpt-y", DOWN, fallbacks=[f"{echo}#gold"]),
+                ],
             },
         ],
     }
@@ -523,3 +529,92 @@ class TestStoreMatrix:
             gateway.router.top_up("key_" + secrets.token_hex(8), "1")
         after = gateway.router.store.get_key(key.id)
         assert (after.balance_nanos, after.spent_nanos) == (14_845_678_902, 0)
+
+    def test_amounts_are_bounded_and_never_rounded(self, gateway: Gateway) -> None:
+        key, _ = gateway.key()
+        # 28 significant digits is where Decimal would round: still refused, not rounded
+        with pytest.raises(InvalidRequestError, match="finer than a nano-dollar"):
+            gateway.router.top_up(key.id, "1.0000000000000000000000000001")
+        with pytest.raises(InvalidRequestError, match="more than"):
+            gateway.router.top_up(key.id, "1000000000.000000001")
+        gateway.router.top_up(key.id, "600000000")
+        with pytest.raises(InvalidRequestError, match="at most"):
+            gateway.router.top_up(key.id, "600000000")  # the balance would pass $1e9
+        assert gateway.balance(key) == 600_000_000 * 10**9
+
+    @pytest.mark.parametrize(
+        ("override", "value"),
+        [
+            ("throttle_seconds", 0),
+            ("throttle_seconds", -5),
+            ("daily_requests", -1),
+            ("requests_per_minute", 0),
+            ("daily_requests", 2**31),
+        ],
+    )
+    def test_key_quota_overrides_are_checked(
+        self, gateway: Gateway, override: str, value: int
+    ) -> None:
+        before = len(gateway.router.list_keys())
+        with pytest.raises(InvalidRequestError) as refused:
+            gateway.key(**{override: value})
+        assert refused.value.param == override
+        assert len(gateway.router.list_keys()) == before
+
+    def test_a_premium_fallback_serves_only_a_paying_key(self, gateway: Gateway) -> None:
+        _, free = gateway.key()
+        with pytest.raises(UpstreamError):  # gpt-y is down; its premium fallback is not free
+            gateway.ask(free, model=f"{gateway.down}#gpt-y")
+
+        paying, secret = gateway.key(daily_requests=0, credits="1")
+        served = gateway.ask(secret, model=f"{gateway.down}#gpt-y")
+        assert served.provider == gateway.echo
+        assert served.body.model == gateway.gold
+        (row,) = gateway.ledger(paying)
+        assert (row.admission, row.model) == ("credits", gateway.gold)
+        assert row.charged_nanos == row.cost_nanos > 0
+
+    def test_a_key_revoked_elsewhere_is_refused_as_revoked(
+        self, gateway: Gateway, make_router: Callable[..., Router]
+    ) -> None:
+        cached = make_router({**gateway.router.settings.model_dump(), "key_cache_seconds": 60})
+        key, secret = gateway.key()
+        cached.chat(
+            model=gateway.basic, messages=[{"role": "user", "content": "hi"}], api_key=secret
+        )
+        gateway.router.revoke_key(key.id)  # another process, as far as `cached` knows
+        with pytest.raises(AuthenticationError, match="revoked") as refused:
+            cached.chat(
+                model=gateway.basic, messages=[{"role": "user", "content": "hi"}], api_key=secret
+            )
+        assert refused.value.status == 401
+
+
+def test_sqlite_readers_do_not_wait_for_a_writer(
+    tmp_path: Path, make_router: Callable[..., Router]
+) -> None:
+    """A usage report (or a key lookup) reads while another process holds the write lock."""
+    database = tmp_path / "busy.db"
+    router = make_router(
+        {
+            "database_url": f"sqlite:///{database}",
+            "providers": [{"name": "echo", "kind": "echo", "models": [{"id": "echo"}]}],
+        }
+    )
+    key, _ = router.create_key("reader")
+    writer = sqlite3.connect(database, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process, mid-transaction
+    try:
+        done = threading.Event()
+
+        def read() -> None:
+            router.usage()
+            router.store.get_key(key.id)
+            done.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        # a writer's transaction would wait up to the 30 s busy timeout here
+        assert done.wait(timeout=10)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()

@@ -40,6 +40,8 @@ class Fault:
     drop_after: int | None = None  # stream: cut the connection after N content chunks
     chunk_pause: float = 0.0  # stream: seconds between chunks
     no_usage: bool = False  # leave usage out (body and stream)
+    empty_stream: bool = False  # stream: nothing but data: [DONE]
+    padding: int = 0  # add this many bytes to the answer (in an unknown field)
 
 
 @dataclass
@@ -97,11 +99,16 @@ class FakeOpenAI:
         answer = _Answer.for_request(body)
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            events = answer.events(include_usage and not fault.no_usage, fault)
+            events = (
+                iter(["data: [DONE]\n\n"])
+                if fault.empty_stream
+                else answer.events(include_usage and not fault.no_usage, fault)
+            )
             return Response(self._watched(events), mimetype="text/event-stream")
-        return Response(
-            json.dumps(answer.completion(not fault.no_usage)), mimetype="application/json"
-        )
+        completion = answer.completion(not fault.no_usage)
+        if fault.padding:
+            completion["padding"] = "x" * fault.padding
+        return Response(json.dumps(completion), mimetype="application/json")
 
     def _watched(self, events: Iterator[str]) -> Iterator[str]:
         """``events``, recording whether the client stayed to the end."""
