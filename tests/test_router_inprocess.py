@@ -323,3 +323,17 @@ def test_a_model_name_too_long_for_the_ledger_is_refused(
         router.chat(model="echo#" + "m" * 201, messages=HELLO, api_key=key)
     assert refused.value.param == "model"
     assert router.usage() == []
+
+
+def test_an_oversized_stream_event_breaks_the_stream_off(
+    make_router: Callable[..., Router], fake_openai: FakeOpenAI
+) -> None:
+    config = gateway_config(fake_openai.url)
+    config["providers"][1].update(max_retries=0, max_answer_bytes=2048)
+    router = make_router(config)
+    key = router.create_key("k")[1]
+    huge = [{"role": "user", "content": "x" * 5000}]  # echoed back in one chunk
+    with pytest.raises(UpstreamError, match="unreadable stream event"):
+        list(router.chat(model="OpenAI#gpt-4o-mini", messages=huge, api_key=key, stream=True))
+    short = router.chat(model="OpenAI#gpt-4o-mini", messages=HELLO, api_key=key, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in short if c.choices)

@@ -122,7 +122,7 @@ class HTTPTransport:
         ``UpstreamError`` with its message; so does a broken or unreadable stream.
         """
         try:
-            for event in iter_sse(response):
+            for event in iter_sse(response, self.max_answer_bytes):
                 if event.data == "[DONE]":
                     return
                 if not event.data:
