@@ -1,7 +1,8 @@
 """Reliable dispatch below the Router: retries with backoff, fallbacks, provider cooldowns.
 
-A request goes to its model's target, then to each configured fallback in order. Each
-target is retried on 429, 5xx, timeouts and broken connections (exponential backoff with
+A request goes to its model's target, then to each configured fallback in order (a
+provider refusing the request with a 400 moves it on too). Each target is retried on 429,
+5xx, timeouts and broken connections (exponential backoff with
 jitter, honouring ``Retry-After``), but only before anything reached the client: a
 stream is retried until its first chunk arrives, never after. A provider failing
 ``cooldown_after`` times in a row is skipped for ``cooldown_seconds``.
@@ -21,7 +22,6 @@ from .errors import (
     LLMRouterError,
     UpstreamAuthError,
     UpstreamError,
-    UpstreamRejectedError,
 )
 from .naming import Target
 from .providers.base import ChunkStream, ProviderAdapter
@@ -111,10 +111,9 @@ class Dispatcher:
                 try:
                     result = call(adapter, target)
                 except InvalidRequestError as exc:
-                    if isinstance(exc, UpstreamRejectedError):
-                        raise  # the provider read the request and refused its content
-                    # This provider's format cannot carry the request (e.g. n > 1 on
-                    # Anthropic); another provider's may.
+                    # This provider refused the request (a 400/422), or its format cannot
+                    # carry it (n > 1 on Anthropic): never worth a retry, nor a cooldown,
+                    # but another provider may take it.
                     last_error = exc
                     break
                 except UpstreamError as exc:

@@ -186,7 +186,19 @@ def test_a_refused_key_without_fallback_is_our_502(
 
 
 @with_openai(fallbacks=["echo#echo"])
-def test_a_400_is_neither_retried_nor_fallen_back(
+def test_a_400_is_not_retried_but_a_fallback_may_take_the_request(
+    router: Router, api_key: str, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script.append(Fault(status=400))
+
+    completion = router.chat(model=GPT, messages=HELLO, api_key=api_key)
+
+    assert completion.model == "echo#echo"
+    assert fake_openai.answered == 1
+    assert [(row.provider, row.status) for row in ledger_rows(router)] == [("echo", "ok")]
+
+
+def test_a_400_with_no_fallback_is_our_400_with_its_message(
     router: Router, api_key: str, fake_openai: FakeOpenAI
 ) -> None:
     fake_openai.script.append(Fault(status=400))
