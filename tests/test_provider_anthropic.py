@@ -88,6 +88,24 @@ def collect(adapter: ProviderAdapter, request: ChatRequest) -> list[ChatCompleti
         return list(stream)
 
 
+def tool_history(*call_ids: str, **fields: Any) -> ChatRequest:
+    """A question, then one get_time call per id and its result ("12:00", "12:01", …)."""
+    calls = [
+        {"id": call_id, "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+        for call_id in call_ids
+    ]
+    results = [
+        {"role": "tool", "tool_call_id": call_id, "content": f"12:{n:02d}"}
+        for n, call_id in enumerate(call_ids)
+    ]
+    messages = [
+        {"role": "user", "content": "What time is it?"},
+        {"role": "assistant", "tool_calls": calls},
+        *results,
+    ]
+    return ChatRequest.model_validate({"model": "m", "messages": messages, **fields})
+
+
 def tool_call_deltas(chunks: list[ChatCompletionChunk]) -> list[dict[str, Any]]:
     return [
         d.model_dump(exclude_none=True)
@@ -231,21 +249,22 @@ def test_sampling_fields_mapped_and_unknown_fields_dropped(
 
     body = fake.last.body
     assert body["temperature"] == 1.0
-    assert body["top_p"] == 0.9
     assert body["stop_sequences"] == ["END"]
     assert body["metadata"] == {"user_id": "user-42"}
+    # top_p is dropped: current Claude models refuse it together with temperature
     assert set(body) == {
         "model",
         "max_tokens",
         "messages",
         "temperature",
-        "top_p",
         "stop_sequences",
         "metadata",
     }
 
     adapter.chat(ask("hi", temperature=0.3), MODEL)
     assert fake.last.body["temperature"] == 0.3
+    adapter.chat(ask("hi", top_p=0.9), MODEL)
+    assert (fake.last.body["top_p"], "temperature" in fake.last.body) == (0.9, False)
 
 
 def test_n_above_one_refused(adapter: ProviderAdapter, fake: FakeAnthropic) -> None:
@@ -398,6 +417,49 @@ def test_tool_results_round_trip_as_one_user_turn(
             ],
         },
     ]
+
+
+def test_foreign_tool_call_ids_mapped_to_ids_anthropic_accepts(
+    adapter: ProviderAdapter, fake: FakeAnthropic
+) -> None:
+    # Ids as Kimi or DeepSeek make them, two of them alike once "." and ":" are replaced,
+    # and an id Anthropic accepts as it is.
+    request = tool_history(
+        "functions.get_time:0", "functions:get_time.0", "toolu_kept", tools=[TIME]
+    )
+
+    completion = adapter.chat(request, MODEL)
+    chunks = collect(adapter, request)
+
+    # The same in every request, so a call and its result still match turns later.
+    expected = ["functions_get_time_0_0e00d1fe", "functions_get_time_0_4f69c257", "toolu_kept"]
+    for received in fake.received:
+        calls, results = received.body["messages"][1:]
+        assert [b["id"] for b in calls["content"]] == expected
+        assert [b["tool_use_id"] for b in results["content"]] == expected
+    answer = "Tool results: 12:00; 12:01; 12:02"
+    assert completion.choices[0].message.content == answer
+    assert streamed_text(chunks) == answer
+
+
+def test_tool_history_without_tools_gets_a_placeholder_tool_never_called(
+    adapter: ProviderAdapter, fake: FakeAnthropic
+) -> None:
+    completion = adapter.chat(tool_history("toolu_a"), MODEL)
+
+    assert completion.choices[0].message.content == "Tool results: 12:00"
+    assert fake.last.body["tools"] == [
+        {
+            "name": "no_tools_available",
+            "description": "No tools are available. Never call this tool.",
+            "input_schema": {"type": "object", "properties": {}},
+        }
+    ]
+    assert fake.last.body["tool_choice"] == {"type": "none"}
+
+    # Without tool calls in the history, no tools are sent.
+    adapter.chat(ask("hi"), MODEL)
+    assert "tools" not in fake.last.body
 
 
 def test_unparseable_tool_arguments_refused(adapter: ProviderAdapter, fake: FakeAnthropic) -> None:
@@ -555,6 +617,21 @@ def test_stop_sequences(adapter: ProviderAdapter, fake: FakeAnthropic) -> None:
     assert fake.last.body["stop_sequences"] == ["STOP", "NEVER"]
     assert completion.choices[0].message.content == "keep this "
     assert completion.choices[0].finish_reason == "stop"
+
+
+def test_whitespace_only_stop_sequences_dropped(
+    adapter: ProviderAdapter, fake: FakeAnthropic
+) -> None:
+    # Anthropic refuses them and cannot honour them: the answer goes on past a newline.
+    completion = adapter.chat(ask("one\ntwo", stop="\n"), MODEL)
+
+    assert "stop_sequences" not in fake.last.body
+    assert completion.choices[0].message.content == "one\ntwo"
+
+    completion = adapter.chat(ask("keep this END not this", stop=["\n", " \t", "", "END"]), MODEL)
+
+    assert fake.last.body["stop_sequences"] == ["END"]
+    assert completion.choices[0].message.content == "keep this "
 
 
 @pytest.mark.parametrize(
@@ -796,6 +873,21 @@ _SPLIT_RESULTS = [
 ]
 
 
+_TIME_TOOL = [{"name": "get_time", "input_schema": {"type": "object"}}]
+
+
+def _with_ids(use_id: str, result_id: str) -> list[dict[str, Any]]:
+    """A get_time call with ``use_id`` and its result for ``result_id``."""
+    return [
+        {"role": "user", "content": "time?"},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": use_id, "name": "get_time", "input": {}}],
+        },
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": result_id}]},
+    ]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
@@ -836,6 +928,51 @@ _SPLIT_RESULTS = [
             "tool_use` ids were found without `tool_result` blocks immediately after: t2",
         ),
         (_valid_body(messages=_SPLIT_RESULTS[:3]), 400, "must define tools"),
+        (
+            _valid_body(temperature=0.5, top_p=0.9),
+            400,
+            "`temperature` and `top_p` cannot both be specified for this model",
+        ),
+        (_valid_body(stop_sequences=["\n"]), 400, "each stop sequence must contain non-whitespace"),
+        (_valid_body(stop_sequences=[""]), 400, "each stop sequence must contain non-whitespace"),
+        (
+            _valid_body(tools=_TIME_TOOL, messages=_with_ids("functions.get_time:0", "t1")),
+            400,
+            "messages.1.content.0.tool_use.id: String should match pattern '^[a-zA-Z0-9_-]+$'",
+        ),
+        (
+            _valid_body(tools=_TIME_TOOL, messages=_with_ids("t1", "functions.get_time:0")),
+            400,
+            "messages.2.content.0.tool_result.tool_use_id: String should match pattern",
+        ),
+        (
+            _valid_body(tools=_TIME_TOOL, messages=_with_ids("t1\n", "t1\n")),
+            400,
+            "tool_use.id: String should match pattern",
+        ),
+        (
+            _valid_body(
+                tools=_TIME_TOOL,
+                messages=[
+                    *_SPLIT_RESULTS[:2],
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "tool_result", "tool_use_id": "t1", "content": "1"},
+                            {"type": "tool_result", "tool_use_id": "t2", "content": "2"},
+                        ],
+                    },
+                    {
+                        "role": "assistant",
+                        "content": [
+                            {"type": "tool_use", "id": "t1", "name": "get_time", "input": {}}
+                        ],
+                    },
+                ],
+            ),
+            400,
+            "messages.3.content.0: `tool_use` ids must be unique",
+        ),
     ],
 )
 def test_fake_refuses_what_anthropic_refuses(

@@ -7,8 +7,18 @@ Where the two formats differ, this adapter chooses:
   the top-level ``system``; consecutive turns of one role merge into one turn, so the
   results of parallel tool calls reach Claude as one user turn, as it requires.
 - ``temperature`` is clamped to Anthropic's 0–1 (values up to 1 mean the same on both).
+  Current Claude models refuse ``temperature`` and ``top_p`` together: when both are set,
+  only ``temperature`` is sent.
+- ``stop``: whitespace-only (and empty) stop sequences cannot be honoured by Anthropic,
+  which refuses them, so they are dropped; ``stop: "\\n"`` means no stop sequence.
+- Tool call ids must match ``^[a-zA-Z0-9_-]+$`` on Anthropic. Other ids (such as
+  ``functions.get_weather:0`` from Kimi or DeepSeek) are sent with each other character
+  replaced by ``_`` and ``_`` plus 8 hex digits of the original's SHA-256 appended, so a
+  call and its result map alike in every request and distinct ids stay distinct.
 - ``tool_choice: "none"`` is sent as ``{"type": "none"}`` with the tools kept, since
-  Anthropic refuses a history with tool calls when no tools are defined.
+  Anthropic refuses a history with tool calls when no tools are defined. For the same
+  reason, a history with tool calls in a request without tools gets one placeholder tool,
+  ``no_tools_available``, with ``tool_choice`` ``{"type": "none"}`` so it is never called.
 - ``max_tokens`` is required by Anthropic; when the client sets none, the adapter sends
   ``DEFAULT_MAX_TOKENS`` (4096), or the model's ``max_output_length`` when lower.
 - ``response_format`` json_object/json_schema: Claude is forced to call one tool whose
@@ -22,6 +32,7 @@ Where the two formats differ, this adapter chooses:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -58,6 +69,8 @@ from .registry import register
 API_VERSION = "2023-06-01"
 #: The tool Claude is made to call to answer in JSON (only used when the client has no tools).
 JSON_TOOL = "json_response"
+#: The placeholder tool defined for a history with tool calls in a request without tools.
+NO_TOOLS = "no_tools_available"
 
 _FINISH_REASONS = {
     "end_turn": "stop",
@@ -71,6 +84,8 @@ _FINISH_REASONS = {
 #: what a malformed upstream JSON answer raises while it is read
 _MALFORMED = (ValueError, KeyError, TypeError, AttributeError)
 _TOOL_CHOICES = {"auto": "auto", "required": "any", "none": "none"}
+_TOOL_ID = re.compile(r"[a-zA-Z0-9_-]+")
+_NOT_TOOL_ID = re.compile(r"[^a-zA-Z0-9_-]")
 _DATA_URI = re.compile(r"^data:(?P<media_type>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)$", re.DOTALL)
 
 
@@ -160,17 +175,25 @@ def translate_request(
         body["system"] = "\n\n".join(system)
     if request.temperature is not None:
         body["temperature"] = min(request.temperature, 1.0)
-    if request.top_p is not None:
+    elif request.top_p is not None:  # current models refuse both: temperature wins
         body["top_p"] = request.top_p
-    if request.stop:
-        body["stop_sequences"] = [request.stop] if isinstance(request.stop, str) else request.stop
+    if stop_sequences := _stop_sequences(request.stop):
+        body["stop_sequences"] = stop_sequences
     if request.user:
         body["metadata"] = {"user_id": request.user}
     if json_format and not request.tools:
         body.update(_json_tool(schema))
     elif request.tools:
         body.update(_tools(request))
+    elif _has_tool_blocks(messages):
+        body.update(_no_tools())
     return body
+
+
+def _stop_sequences(stop: str | list[str] | None) -> list[str]:
+    """The stop sequences Anthropic accepts: those with a non-whitespace character."""
+    sequences = [stop] if isinstance(stop, str) else stop or []
+    return [sequence for sequence in sequences if sequence.strip()]
 
 
 def _conversation(messages: list[Message]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -239,16 +262,40 @@ def _assistant_blocks(message: Message, position: int) -> list[dict[str, Any]]:
                 param=f"messages[{position}].tool_calls",
             )
         blocks.append(
-            {"type": "tool_use", "id": call.id, "name": call.function.name, "input": arguments}
+            {
+                "type": "tool_use",
+                "id": _tool_id(call.id),
+                "name": call.function.name,
+                "input": arguments,
+            }
         )
     return blocks
 
 
 def _tool_result(message: Message) -> dict[str, Any]:
-    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id}
+    # Message's validation guarantees that a tool message has a tool_call_id.
+    block: dict[str, Any] = {
+        "type": "tool_result",
+        "tool_use_id": _tool_id(message.tool_call_id or ""),
+    }
     if text := message.text():
         block["content"] = text
     return block
+
+
+def _tool_id(call_id: str) -> str:
+    """``call_id`` as Anthropic accepts it, the same in every request (see the docstring)."""
+    if _TOOL_ID.fullmatch(call_id):
+        return call_id
+    # The hash keeps ids apart that differ only in the replaced characters.
+    digest = hashlib.sha256(call_id.encode()).hexdigest()[:8]
+    return f"{_NOT_TOOL_ID.sub('_', call_id)}_{digest}"
+
+
+def _has_tool_blocks(turns: list[dict[str, Any]]) -> bool:
+    return any(
+        block["type"] in ("tool_use", "tool_result") for turn in turns for block in turn["content"]
+    )
 
 
 def _tools(request: ChatRequest) -> dict[str, Any]:
@@ -268,6 +315,15 @@ def _tools(request: ChatRequest) -> dict[str, Any]:
     if request.parallel_tool_calls is False and tool_choice["type"] != "none":
         tool_choice["disable_parallel_tool_use"] = True
     return {"tools": tools, "tool_choice": tool_choice}
+
+
+def _no_tools() -> dict[str, Any]:
+    tool = {
+        "name": NO_TOOLS,
+        "description": "No tools are available. Never call this tool.",
+        "input_schema": {"type": "object", "properties": {}},
+    }
+    return {"tools": [tool], "tool_choice": {"type": "none"}}
 
 
 def _json_format(request: ChatRequest) -> ResponseFormat | None:

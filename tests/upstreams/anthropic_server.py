@@ -1,7 +1,8 @@
 """A fake Anthropic Messages API (``POST /v1/messages``) to test the anthropic adapter over HTTP.
 
-It rejects what api.anthropic.com rejects (same error shape and types), answers
-deterministically, streams Anthropic's SSE events and records every request it received.
+It rejects what api.anthropic.com rejects for current Claude models (same error shape
+and types), answers deterministically, streams Anthropic's SSE events and records every
+request it received.
 
 Answers: the last user text echoed back; after tool results, ``"Tool results: a; b"``.
 Tools are called when ``tool_choice`` forces it (``any``: the tools the text names, else
@@ -50,6 +51,7 @@ _TOP_LEVEL_FIELDS = {
 }
 _IMAGE_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp"}
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
+_TOOL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
 _PLACEHOLDERS = {"string": "echo", "integer": 7, "number": 1.5, "boolean": True, "array": []}
 _JSON_FRAGMENT = 5
 
@@ -204,6 +206,11 @@ def _check_body(body: Any) -> None:
         value = body.get(name)
         if value is not None and not 0 <= value <= 1:
             raise Rejected(f"{name}: Input should be less than or equal to 1")
+    if body.get("temperature") is not None and body.get("top_p") is not None:
+        raise Rejected(
+            "`temperature` and `top_p` cannot both be specified for this model. "
+            "Please use only one."
+        )
     system = body.get("system")
     text_blocks = isinstance(system, list) and all(b.get("type") == "text" for b in system)
     if system is not None and not isinstance(system, str) and not text_blocks:
@@ -211,6 +218,8 @@ def _check_body(body: Any) -> None:
     stops = body.get("stop_sequences", [])
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
         raise Rejected("stop_sequences: Input should be a valid list of strings")
+    if not all(s.strip() for s in stops):
+        raise Rejected("stop_sequences: each stop sequence must contain non-whitespace")
     metadata = body.get("metadata", {})
     if set(metadata) - {"user_id"}:
         raise Rejected("metadata: Extra inputs are not permitted")
@@ -253,6 +262,7 @@ def _check_messages(messages: Any, tools_defined: bool) -> None:
     if messages[0].get("role") != "user":
         raise Rejected('messages: first message must use the "user" role')
     pending: set[str] = set()  # tool_use ids of the previous turn, awaiting their results
+    seen: set[str] = set()  # every tool_use id so far
     for i, message in enumerate(messages):
         role = message.get("role")
         if role not in ("user", "assistant"):
@@ -265,16 +275,21 @@ def _check_messages(messages: Any, tools_defined: bool) -> None:
             )
         results: set[str] = set()
         for j, block in enumerate(blocks):
-            kind = _check_block(block, role, f"messages.{i}.content.{j}", tools_defined)
-            if kind == "tool_result":
+            where = f"messages.{i}.content.{j}"
+            kind = _check_block(block, role, where, tools_defined)
+            if kind == "tool_use":
+                if block["id"] in seen:
+                    raise Rejected(f"{where}: `tool_use` ids must be unique")
+                seen.add(block["id"])
+            elif kind == "tool_result":
                 if j > len(results):
                     raise Rejected(
-                        f"messages.{i}.content.{j}: tool_result blocks must come before "
+                        f"{where}: tool_result blocks must come before "
                         "any other content in a user message"
                     )
                 if block["tool_use_id"] not in pending:
                     raise Rejected(
-                        f"messages.{i}.content.{j}: unexpected `tool_use_id` found in "
+                        f"{where}: unexpected `tool_use_id` found in "
                         f"`tool_result` blocks: {block['tool_use_id']}. Each `tool_result` block "
                         "must have a corresponding `tool_use` block in the previous message."
                     )
@@ -314,6 +329,13 @@ def _check_block(block: Any, role: str, where: str, tools_defined: bool) -> str:
             raise Rejected(f"{where}: tool_use blocks need role assistant and an object input")
         if kind == "tool_result" and (role != "user" or not block.get("tool_use_id")):
             raise Rejected(f"{where}: tool_result blocks need role user and a tool_use_id")
+        id_field = "id" if kind == "tool_use" else "tool_use_id"
+        call_id = block.get(id_field)
+        # fullmatch: re's "$" would also accept an id ending in a newline
+        if not isinstance(call_id, str) or not _TOOL_ID.fullmatch(call_id):
+            raise Rejected(
+                f"{where}.{kind}.{id_field}: String should match pattern '{_TOOL_ID.pattern}'"
+            )
     else:
         raise Rejected(
             f"{where}: Input tag '{kind}' found using 'type' does not match any of "
@@ -404,7 +426,7 @@ def _tools_to_call(body: dict[str, Any], said: str) -> list[dict[str, Any]]:
 
 def _cut(text: str, body: dict[str, Any]) -> tuple[str, str, str | None]:
     """The text within ``stop_sequences`` and ``max_tokens``, the stop_reason and sequence."""
-    found = [(text.find(s), s) for s in body.get("stop_sequences", []) if s and s in text]
+    found = [(text.find(s), s) for s in body.get("stop_sequences", []) if s in text]
     if found:
         at, sequence = min(found)
         return text[:at], "stop_sequence", sequence
