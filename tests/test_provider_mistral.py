@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from llmrouter import Router
 from llmrouter.config import ProviderSettings
-from llmrouter.errors import UpstreamAuthError, UpstreamRejectedError
+from llmrouter.errors import UpstreamAuthError, UpstreamError, UpstreamRejectedError
 from llmrouter.providers.base import ProviderAdapter
 from llmrouter.providers.mistral import MistralAdapter, mistral_tool_call_id
 from llmrouter.providers.registry import build_adapter
@@ -176,6 +176,21 @@ def test_mistral_fields_pass_and_unknown_ones_are_mistrals_to_refuse(
     assert caught.value.status == 400
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("prompt_cache_key", "tenant-7"),
+        ("guardrails", [{"block_on_error": True, "moderation_llm_v1": {}}]),
+    ],
+)
+def test_newer_mistral_fields_pass(
+    adapter: ProviderAdapter, fake: FakeMistral, field: str, value: Any
+) -> None:
+    adapter.chat(ask("hi", **{field: value}), MODEL)
+
+    assert fake.last[field] == value
+
+
 def test_developer_role_becomes_system_and_names_leave_non_tool_messages(
     adapter: ProviderAdapter, fake: FakeMistral
 ) -> None:
@@ -221,6 +236,38 @@ def test_wrong_key_is_an_auth_error(base_url: str) -> None:
     assert caught.value.upstream_status == 401
     assert "Unauthorized" in caught.value.message
     adapter.close()
+
+
+# --------------------------------------------------------------------------- finish reasons
+
+
+def test_a_full_context_window_is_length(adapter: ProviderAdapter, fake: FakeMistral) -> None:
+    fake.finish_reason = "model_length"
+
+    completion = adapter.chat(ask("hi"), MODEL)
+    chunks = collect(adapter, ask("hi", stream=True))
+
+    assert completion.choices[0].finish_reason == "length"
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert streamed_text(chunks) == "You said: hi"
+
+
+def test_a_failed_generation_is_an_upstream_error(
+    adapter: ProviderAdapter, fake: FakeMistral
+) -> None:
+    fake.finish_reason = "error"
+
+    with pytest.raises(UpstreamError) as in_chat:
+        adapter.chat(ask("hi"), MODEL)
+    received: list[ChatCompletionChunk] = []
+    with pytest.raises(UpstreamError) as in_stream:
+        received.extend(adapter.stream(ask("hi", stream=True), MODEL))
+
+    for caught in (in_chat, in_stream):
+        assert type(caught.value) is UpstreamError and caught.value.retryable
+        assert caught.value.provider == "Mistral"
+        assert "finish_reason 'error'" in caught.value.message
+    assert streamed_text(received) == "You said: hi"  # what came before the failure
 
 
 # --------------------------------------------------------------------------- tools
@@ -269,6 +316,59 @@ def test_streamed_parallel_tool_calls(adapter: ProviderAdapter) -> None:
     ]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
     assert chunks[-1].usage is not None
+
+
+def test_streamed_tool_calls_without_index_are_numbered(
+    adapter: ProviderAdapter, fake: FakeMistral, base_url: str
+) -> None:
+    fake.unindexed_tool_calls = True
+    request = ask("get_weather and get_time", tools=[WEATHER_TOOL, TIME], stream=True)
+
+    chunks = collect(adapter, request)
+
+    deltas = [d for c in chunks for d in c.choices[0].delta.tool_calls or []]
+    assert [(d.index, d.id) for d in deltas] == [(0, "call00001"), (1, "call00002")]
+    # What the fake sent: one call per chunk, neither with an index.
+    sent = [
+        call
+        for line in requests.post(
+            base_url + "/chat/completions",
+            json=fake.last,
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=5,
+        ).text.splitlines()
+        if line.startswith("data: {")
+        for call in json.loads(line[6:])["choices"][0]["delta"].get("tool_calls") or []
+    ]
+    assert len(sent) == 2 and not any("index" in call for call in sent)
+
+
+def test_tool_calls_all_at_index_0_are_numbered_per_choice(adapter: MistralAdapter) -> None:
+    def call(ident: str | None, arguments: str) -> dict[str, Any]:
+        # Every call at index 0, the default of Mistral's schema; no id: more of a call.
+        return {"index": 0, "function": {"arguments": arguments}} | ({"id": ident} if ident else {})
+
+    def chunk(choice: int, *calls: dict[str, Any]) -> dict[str, Any]:
+        return {"choices": [{"index": choice, "delta": {"tool_calls": list(calls)}}]}
+
+    stream = [
+        chunk(0, call("aaaaaaaa1", "{")),
+        chunk(0, call(None, "}")),
+        chunk(1, call("bbbbbbbb1", "{}")),
+        chunk(0, call("aaaaaaaa2", "{}"), call("aaaaaaaa3", "{}")),
+    ]
+
+    numbered = [
+        [(c["index"], c.get("id")) for c in ch["choices"][0]["delta"]["tool_calls"]]
+        for ch in adapter.from_dialect_chunks(iter(stream))
+    ]
+
+    assert numbered == [
+        [(0, "aaaaaaaa1")],
+        [(0, None)],
+        [(0, "bbbbbbbb1")],
+        [(1, "aaaaaaaa2"), (2, "aaaaaaaa3")],
+    ]
 
 
 def test_tool_round_trip_maps_foreign_ids_consistently(
@@ -382,3 +482,42 @@ def test_reasoning_answers_reach_the_client_as_text_without_the_thinking(
     streamed = adapter.stream(ask("hello there", stream=True), "magistral-small-latest")
     text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
     assert text == "You said: hello there"
+
+
+def test_router_retries_a_failed_generation_then_falls_back(
+    make_router: Callable[..., Router], base_url: str, fake: FakeMistral
+) -> None:
+    fake.finish_reason = "error"
+    prices = {"prompt_price": "0.0000001", "completion_price": "0.0000003"}
+    router = make_router(
+        {
+            "database_url": "sqlite://",
+            "providers": [
+                {
+                    "name": "Mistral",
+                    "kind": "mistral",
+                    "base_url": base_url,
+                    "api_key": API_KEY,
+                    "max_retries": 1,
+                    "retry_backoff": 0,
+                    "models": [{"id": MODEL, "fallbacks": ["echo#echo"], **prices}],
+                },
+                {"name": "echo", "kind": "echo", "models": [{"id": "echo", **prices}]},
+            ],
+        }
+    )
+    key = router.create_key("test")[1]
+    messages = [{"role": "user", "content": "hello"}]
+
+    answer = router.chat(model=f"Mistral#{MODEL}", messages=messages, api_key=key)
+    assert answer.choices[0].message.content == "hello"
+    assert len(fake.requests) == 2
+
+    # A stream fails in its last chunk, once the client has the text: too late to retry.
+    received: list[ChatCompletionChunk] = []
+    with pytest.raises(UpstreamError):
+        received.extend(
+            router.chat(model=f"Mistral#{MODEL}", messages=messages, api_key=key, stream=True)
+        )
+    assert streamed_text(received) == "You said: hello"
+    assert len(fake.requests) == 3

@@ -1,4 +1,9 @@
-"""OpenAI's Chat Completions API, and any endpoint that speaks it (``openai-compatible``)."""
+"""OpenAI's Chat Completions API, and any endpoint that speaks it (``openai-compatible``).
+
+Variants of the format (Mistral's) subclass ``OpenAIAdapter`` and translate through its
+hooks: ``to_dialect`` for the request, ``from_dialect_answer`` and ``from_dialect_chunks``
+for what comes back.
+"""
 
 from __future__ import annotations
 
@@ -49,15 +54,33 @@ class OpenAIAdapter(ProviderAdapter):
         return body
 
     def to_dialect(self, body: dict[str, Any]) -> dict[str, Any]:
-        """``body`` rewritten for a variant of OpenAI's format (OpenAI's own: unchanged)."""
+        """``body`` rewritten for this upstream's variant of OpenAI's format.
+
+        OpenAI's own: ``max_tokens`` is deprecated and refused by its reasoning models
+        (o1, o3, o4, gpt-5…), while every chat model takes ``max_completion_tokens``; a
+        ``max_completion_tokens`` the client sent too wins.
+        """
+        if "max_tokens" in body:
+            limit = body.pop("max_tokens")
+            body.setdefault("max_completion_tokens", limit)
         return body
+
+    def from_dialect_answer(self, completion: ChatCompletion) -> ChatCompletion:
+        """A variant's answer in OpenAI's terms (OpenAI's own: unchanged). The answer is
+        parsed straight from the bytes first, so variants translate the parsed model."""
+        return completion
+
+    def from_dialect_chunks(self, chunks: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """One stream's chunks in OpenAI's terms, still as JSON objects, so a variant can
+        mend what would not validate (OpenAI's own: unchanged)."""
+        return chunks
 
     def chat(self, request: ChatRequest, upstream_model: str) -> ChatCompletion:
         answer = self.transport.post(
             self.url, self.build_body(request, upstream_model), self.headers
         )
         try:
-            return ChatCompletion.model_validate_json(answer)
+            return self.from_dialect_answer(ChatCompletion.model_validate_json(answer))
         except ValidationError as exc:
             raise UpstreamError(
                 f"{self.name} sent an answer that is not a chat.completion: {_first_error(exc)}",
@@ -71,7 +94,7 @@ class OpenAIAdapter(ProviderAdapter):
         return ChunkStream(self._chunks(response), response.close)
 
     def _chunks(self, response: requests.Response) -> Iterator[ChatCompletionChunk]:
-        for payload in self.transport.events(response):
+        for payload in self.from_dialect_chunks(self.transport.events(response)):
             try:
                 yield ChatCompletionChunk.model_validate(payload)
             except ValidationError as exc:
@@ -102,6 +125,10 @@ class OpenAICompatibleAdapter(OpenAIAdapter):
                 key="base_url",
             )
         super().__init__(settings)
+
+    def to_dialect(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Unchanged: many such servers know ``max_tokens`` only."""
+        return body
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -10,6 +10,10 @@ wrapped as ``{"echo": …}`` in JSON mode), "The tool said: <result>" after tool
 or tool calls with ids ``call00001``, ``call00002``… for each tool the user names, the
 first tool when ``tool_choice`` is ``any``/``required``, or the tool it names. Streams go
 word by word and carry the usage in their last chunk, as Mistral's do. Tokens are words.
+
+Set on the fake (``reset`` clears them), what Mistral does less often: ``finish_reason``
+ends every answer with that reason ("model_length", "error"); ``unindexed_tool_calls``
+streams each tool call in a delta of its own, without ``index``.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ FIELDS = {
     "model", "messages", "temperature", "top_p", "max_tokens", "stream", "stop",
     "random_seed", "metadata", "response_format", "tools", "tool_choice",
     "presence_penalty", "frequency_penalty", "n", "prediction", "parallel_tool_calls",
-    "prompt_mode", "reasoning_effort", "safe_prompt",
+    "prompt_mode", "reasoning_effort", "safe_prompt", "guardrails", "prompt_cache_key",
 }  # fmt: skip
 _MESSAGE_FIELDS = {
     "system": {"role", "content"},
@@ -54,6 +58,8 @@ class FakeMistral:
     api_key: str = API_KEY
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
+    finish_reason: str | None = None
+    unindexed_tool_calls: bool = False
     _calls: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -71,6 +77,8 @@ class FakeMistral:
         with self._lock:
             self.requests.clear()
             self.headers.clear()
+            self.finish_reason = None
+            self.unindexed_tool_calls = False
             self._calls = 0
 
     def _chat(self) -> Response:
@@ -119,6 +127,8 @@ class FakeMistral:
             calls,
             _prompt_tokens(body),
             reasoning=body["model"].startswith("magistral"),
+            forced_finish=self.finish_reason,
+            unindexed_calls=self.unindexed_tool_calls,
         )
 
 
@@ -130,12 +140,14 @@ class _Answer:
     prompt_tokens: int
     #: magistral models answer with a list of parts: thinking first, then the text
     reasoning: bool = False
+    forced_finish: str | None = None
+    unindexed_calls: bool = False
     id: str = "cmpl-fake"
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
     def finish_reason(self) -> str:
-        return "tool_calls" if self.calls else "stop"
+        return self.forced_finish or ("tool_calls" if self.calls else "stop")
 
     def usage(self) -> dict[str, int]:
         completion = len(self.text.split()) + sum(
@@ -164,7 +176,10 @@ class _Answer:
             deltas.append({"content": [_THINKING]})
         words = self.text.split(" ") if self.text else []
         deltas += [{"content": word if i == 0 else " " + word} for i, word in enumerate(words)]
-        if self.calls:
+        if self.unindexed_calls:
+            unindexed = [{k: v for k, v in c.items() if k != "index"} for c in self.calls]
+            deltas += [{"content": "", "tool_calls": [call]} for call in unindexed]
+        elif self.calls:
             # Mistral sends each tool call whole, in one chunk.
             deltas.append({"content": "", "tool_calls": self.calls})
         for delta in deltas:

@@ -1,8 +1,9 @@
 """A fake OpenAI Chat Completions API that speaks the real wire format.
 
-It checks what OpenAI checks (bearer key, known fields, types and ranges), answers
-deterministically ("You said: <last user text>", or tool calls when the tools ask for
-them), streams word by word, and obeys a per-request script of faults for tests.
+It checks what OpenAI checks (bearer key, known fields, types and ranges, no
+``max_tokens`` for reasoning models), answers deterministically ("You said: <last user
+text>", or tool calls when the tools ask for them), streams word by word, and obeys a
+per-request script of faults for tests.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ KNOWN_FIELDS = {
     "temperature", "top_p", "n", "stop", "tools", "tool_choice", "parallel_tool_calls",
     "response_format", "seed", "user", "presence_penalty", "frequency_penalty", "logit_bias",
     "logprobs", "top_logprobs", "metadata", "store", "modalities", "audio", "prediction",
-    "reasoning_effort", "service_tier", "web_search_options", "verbosity",
+    "reasoning_effort", "service_tier", "web_search_options", "verbosity", "prompt_cache_key",
+    "safety_identifier",
 }  # fmt: skip
+# Models that refuse the deprecated max_tokens (OpenAI's reasoning models).
+MAX_COMPLETION_TOKENS_ONLY = ("o1", "o3", "o4", "gpt-5")
 
 
 @dataclass
@@ -134,6 +138,11 @@ class FakeOpenAI:
             return f"{temperature} is greater than the maximum of 2 - 'temperature'"
         if "stream_options" in body and not body.get("stream"):
             return "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+        if "max_tokens" in body and body["model"].startswith(MAX_COMPLETION_TOKENS_ONLY):
+            return (
+                "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                "Use 'max_completion_tokens' instead."
+            )
         return None
 
 
