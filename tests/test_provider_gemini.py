@@ -92,6 +92,16 @@ def finish_reasons(chunks: list[ChatCompletionChunk]) -> list[str]:
     return [c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason]
 
 
+def post_raw(base_url: str, model: str, body: dict[str, Any]) -> requests.Response:
+    """``body`` sent to the fake as it stands, without the adapter."""
+    return requests.post(
+        f"{base_url}/models/{model}:generateContent",
+        json=body,
+        headers={"x-goog-api-key": API_KEY},
+        timeout=5,
+    )
+
+
 def candidate(parts: list[dict[str, Any]], finish: str | None = "STOP") -> dict[str, Any]:
     """One scripted GenerateContentResponse with one candidate."""
     content: dict[str, Any] = {"content": {"parts": parts, "role": "model"}}
@@ -373,12 +383,7 @@ def test_the_fake_rejects_what_the_reduction_removes(base_url: str) -> None:
         "contents": [{"role": "user", "parts": [{"text": "book it"}]}],
         "tools": [{"functionDeclarations": [{"name": "book", "parameters": MESSY_SCHEMA}]}],
     }
-    response = requests.post(
-        f"{base_url}/models/{MODEL}:generateContent",
-        json=body,
-        headers={"x-goog-api-key": API_KEY},
-        timeout=5,
-    )
+    response = post_raw(base_url, MODEL, body)
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["status"] == "INVALID_ARGUMENT"
@@ -660,8 +665,16 @@ def test_cached_thought_and_tool_use_tokens(adapter: ProviderAdapter, fake: Fake
         ("BLOCKLIST", "content_filter"),
         ("PROHIBITED_CONTENT", "content_filter"),
         ("SPII", "content_filter"),
+        ("LANGUAGE", "content_filter"),
+        ("IMAGE_SAFETY", "content_filter"),
+        ("IMAGE_PROHIBITED_CONTENT", "content_filter"),
+        ("IMAGE_RECITATION", "content_filter"),
+        ("IMAGE_OTHER", "content_filter"),
+        ("FINISH_REASON_UNSPECIFIED", "stop"),
+        # A failed generation with something to show ends as it can: "stop".
         ("OTHER", "stop"),
         ("MALFORMED_FUNCTION_CALL", "stop"),
+        ("TOO_MANY_TOOL_CALLS", "stop"),
     ],
 )
 def test_finish_reasons(
@@ -673,6 +686,32 @@ def test_finish_reasons(
     assert adapter.chat(chat_request("hi"), MODEL).choices[0].finish_reason == openai
     chunks = collect(adapter.stream(chat_request("hi", stream=True), MODEL))
     assert finish_reasons(chunks) == [openai]
+
+
+@pytest.mark.parametrize(
+    "reason", ["MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS", "OTHER"]
+)
+def test_a_failed_generation_without_output_is_an_upstream_error(
+    adapter: ProviderAdapter, fake: FakeGemini, reason: str
+) -> None:
+    request = chat_request("use get_weather", tools=[WEATHER_TOOL])
+    fake.finish_next(reason)
+    with pytest.raises(UpstreamError, match=reason) as raised:
+        adapter.chat(request, MODEL)
+    assert type(raised.value) is UpstreamError and raised.value.retryable
+
+    fake.finish_next(reason)
+    with pytest.raises(UpstreamError, match=reason):  # from stream(): the Router can fall back
+        adapter.stream(request.model_copy(update={"stream": True}), MODEL)
+
+
+def test_a_stream_failing_after_empty_events_is_an_error(
+    adapter: ProviderAdapter, fake: FakeGemini
+) -> None:
+    fake.reply_next(candidate([{"text": ""}], finish=None), candidate([], finish="OTHER"))
+    stream = adapter.stream(chat_request("hi", stream=True), MODEL)
+    with pytest.raises(UpstreamError, match="OTHER"):
+        list(stream)
 
 
 def test_thought_summaries_are_left_out(adapter: ProviderAdapter, fake: FakeGemini) -> None:
@@ -788,6 +827,165 @@ def test_a_json_schema_without_properties_is_plain_json_mode(
     adapter.chat(chat_request("anything", response_format=response_format), MODEL)
 
     assert fake.last.body["generationConfig"] == {"responseMimeType": "application/json"}
+
+
+CITY_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+CITY_FORMAT = {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY_SCHEMA}}
+
+
+@pytest.mark.parametrize(
+    ("response_format", "ending"),
+    [({"type": "json_object"}, "no code fence."), (CITY_FORMAT, json.dumps(CITY_SCHEMA))],
+)
+def test_json_output_beside_function_calling_is_asked_in_words_before_gemini_3(
+    adapter: ProviderAdapter,
+    fake: FakeGemini,
+    response_format: dict[str, Any],
+    ending: str,
+) -> None:
+    request = chat_request(
+        {"role": "system", "content": "Be brief."},
+        "Where is it sunny?",
+        tools=[WEATHER_TOOL],
+        response_format=response_format,
+    )
+    completion = adapter.chat(request, "gemini-2.5-flash")  # the fake refuses JSON mode here
+
+    body = fake.last.body
+    assert "generationConfig" not in body
+    system, instruction = body["systemInstruction"]["parts"]
+    assert system == {"text": "Be brief."}
+    assert "reply with a single JSON object" in instruction["text"]
+    assert instruction["text"].endswith(ending)
+    assert completion.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    ("model", "tool_choice"), [("gemini-3-pro-preview", "auto"), ("gemini-2.5-flash", "none")]
+)
+def test_json_output_stays_in_the_config_where_gemini_takes_it(
+    adapter: ProviderAdapter, fake: FakeGemini, model: str, tool_choice: str
+) -> None:
+    request = chat_request(
+        "Where is it sunny?",
+        tools=[WEATHER_TOOL],
+        tool_choice=tool_choice,
+        response_format=CITY_FORMAT,
+    )
+    completion = adapter.chat(request, model)
+
+    assert "systemInstruction" not in fake.last.body
+    assert fake.last.body["generationConfig"] == {
+        "responseMimeType": "application/json",
+        "responseSchema": {
+            "type": "OBJECT",
+            "properties": {"city": {"type": "STRING"}},
+            "required": ["city"],
+        },
+    }
+    assert json.loads(completion.choices[0].message.content or "") == {"city": "sample"}
+
+
+def test_penalties_go_to_gemini_2_0_only(adapter: ProviderAdapter, fake: FakeGemini) -> None:
+    request = chat_request("hi", presence_penalty=0.5, frequency_penalty=-0.5)
+    adapter.chat(request, "gemini-2.5-flash")  # the fake refuses any penalty here
+    assert "generationConfig" not in fake.last.body
+
+    adapter.chat(request, "gemini-2.0-flash-lite")
+    assert fake.last.body["generationConfig"] == {"presencePenalty": 0.5, "frequencyPenalty": -0.5}
+
+
+@pytest.mark.parametrize(
+    ("model", "effort", "thinking"),
+    [
+        ("gemini-3-pro-preview", "minimal", {"thinkingLevel": "low"}),
+        ("gemini-3-pro-preview", "low", {"thinkingLevel": "low"}),
+        ("gemini-3-pro-preview", "medium", {"thinkingLevel": "high"}),
+        ("gemini-3-flash-preview", "high", {"thinkingLevel": "high"}),
+        ("gemini-2.5-flash", "minimal", {"thinkingBudget": 0}),
+        ("gemini-2.5-flash-lite", "low", {"thinkingBudget": 1024}),
+        ("gemini-2.5-pro", "minimal", {"thinkingBudget": 128}),
+        ("gemini-2.5-pro", "medium", {"thinkingBudget": 8192}),
+        ("gemini-2.5-flash", "high", {"thinkingBudget": 24576}),
+        ("gemini-2.0-flash", "high", None),
+        ("gemini-2.5-flash", "extreme", None),
+        ("gemini-2.5-flash", ["low"], None),
+    ],
+)
+def test_reasoning_effort_becomes_thinking_config(
+    adapter: ProviderAdapter, fake: FakeGemini, model: str, effort: Any, thinking: Any
+) -> None:
+    adapter.chat(chat_request("think", reasoning_effort=effort), model)
+    assert fake.last.body.get("generationConfig", {}).get("thinkingConfig") == thinking
+
+
+def _thinking(config: dict[str, Any]) -> dict[str, Any]:
+    return {"generationConfig": {"thinkingConfig": config}}
+
+
+PING = {"tools": [{"functionDeclarations": [{"name": "ping"}]}]}
+JSON_MODE = {"generationConfig": {"responseMimeType": "application/json"}}
+JSON_REFUSED = "Function calling with a response mime type: 'application/json' is unsupported"
+
+
+@pytest.mark.parametrize(
+    ("model", "fields", "refusal"),
+    [
+        ("gemini-2.5-flash", {**PING, **JSON_MODE}, JSON_REFUSED),
+        (
+            "gemini-2.0-flash",
+            {**PING, **JSON_MODE, "toolConfig": {"functionCallingConfig": {"mode": "ANY"}}},
+            JSON_REFUSED,
+        ),
+        (
+            "gemini-2.5-flash",
+            {**PING, **JSON_MODE, "toolConfig": {"functionCallingConfig": {"mode": "NONE"}}},
+            None,
+        ),
+        ("gemini-3-pro-preview", {**PING, **JSON_MODE}, None),
+        (
+            "gemini-2.5-pro",
+            {"generationConfig": {"presencePenalty": 0.5}},
+            "Penalty is not enabled for models/gemini-2.5-pro",
+        ),
+        (
+            "gemini-3-flash-preview",
+            {"generationConfig": {"frequencyPenalty": -1}},
+            "Penalty is not enabled for models/gemini-3-flash-preview",
+        ),
+        ("gemini-2.5-flash", {"generationConfig": {"presencePenalty": 0}}, None),
+        ("gemini-2.0-flash", {"generationConfig": {"presencePenalty": 0.5}}, None),
+        ("gemini-2.5-flash", _thinking({"thinkingLevel": "low"}), "Thinking level is not"),
+        ("gemini-3-pro-preview", _thinking({"thinkingLevel": "medium"}), "level MEDIUM is not"),
+        ("gemini-3-flash-preview", _thinking({"thinkingLevel": "minimal"}), None),
+        ("gemini-3-pro-preview", _thinking({"thinkingLevel": "max"}), "Invalid value at"),
+        ("gemini-3-pro-preview", _thinking({"thinkingEffort": "low"}), "Unknown name"),
+        (
+            "gemini-3-pro-preview",
+            _thinking({"thinkingLevel": "high", "thinkingBudget": 1024}),
+            "only set one of",
+        ),
+        ("gemini-2.5-pro", _thinking({"thinkingBudget": 0}), "Budget 0 is invalid"),
+        ("gemini-2.5-flash-lite", _thinking({"thinkingBudget": 256}), "budget (256) is invalid"),
+        ("gemini-2.5-flash", _thinking({"thinkingBudget": 32768}), "budget (32768) is invalid"),
+        ("gemini-2.5-flash-lite", _thinking({"thinkingBudget": 0}), None),
+        ("gemini-2.5-pro", _thinking({"thinkingBudget": -1}), None),
+        ("gemini-2.0-flash", _thinking({"thinkingBudget": 1024}), "Thinking is not enabled"),
+    ],
+)
+def test_the_fake_refuses_what_each_model_refuses(
+    base_url: str, model: str, fields: dict[str, Any], refusal: str | None
+) -> None:
+    # Guards the tests above: what the adapter leaves out or rewords, Gemini would refuse.
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}], **fields}
+    response = post_raw(base_url, model, body)
+    if refusal is None:
+        assert response.status_code == 200, response.text
+    else:
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error["status"] == "INVALID_ARGUMENT"
+        assert refusal in error["message"]
 
 
 def test_n_becomes_candidate_count(adapter: ProviderAdapter, fake: FakeGemini) -> None:

@@ -2,7 +2,7 @@
 and ``streamGenerateContent``, answers translated back. Choices where Gemini differs:
 
 * Dropped: ``user``, ``logit_bias``, ``logprobs``, ``top_logprobs``, ``parallel_tool_calls``,
-  a message's ``name`` and unknown extra fields (Gemini rejects unknown JSON names).
+  a message's ``name`` and other extra fields (Gemini rejects unknown JSON names).
 * System and developer messages, wherever they stand, become ``systemInstruction``.
 * Images: ``data:`` URIs go inline; other URLs as ``fileData`` for Gemini to fetch, with a
   MIME type guessed from the extension (``image/jpeg`` when unknown).
@@ -13,7 +13,24 @@ and ``streamGenerateContent``, answers translated back. Choices where Gemini dif
 * Replayed function calls carry Gemini's documented placeholder thought signature: the real
   one does not survive OpenAI's format, and Gemini 3 refuses calls without any.
 * A blocked prompt (``promptFeedback.blockReason``, no candidates) answers with empty
-  content and ``finish_reason: "content_filter"``, as OpenAI's own filter does.
+  content and ``finish_reason: "content_filter"``, as OpenAI's own filter does; so do the
+  filter finish reasons (image ones too) and ``LANGUAGE`` (cut for an unsupported language).
+* A candidate ending with ``MALFORMED_FUNCTION_CALL``, ``UNEXPECTED_TOOL_CALL``,
+  ``TOO_MANY_TOOL_CALLS`` or ``OTHER`` with neither text nor call is a failed generation: an
+  ``UpstreamError`` to retry or fall back from, not an empty answer. With text, ``"stop"``.
+
+Model families are told apart by the upstream model's name:
+
+* JSON output beside function calling (tools, ``tool_choice`` not ``"none"``): models
+  before ``gemini-3`` refuse ``responseMimeType`` with function declarations, so for them
+  the JSON object (and its schema) is asked for in ``systemInstruction`` instead.
+* ``presence_penalty`` and ``frequency_penalty`` go to ``gemini-2.0*`` only: later models
+  refuse any penalty but zero.
+* ``reasoning_effort`` becomes ``thinkingConfig``: on ``gemini-3*`` ``thinkingLevel`` "low"
+  (minimal, low) or "high" (medium, high), the two levels every Gemini 3 model takes; on
+  ``gemini-2.5*`` ``thinkingBudget`` 0 / 1024 / 8192 / 24576 (minimal to high, within every
+  2.5 model's range; minimal is 128 on 2.5 Pro, which cannot stop thinking). Other models
+  and other values: dropped.
 """
 
 from __future__ import annotations
@@ -45,6 +62,7 @@ from ..schemas import (
     ImagePart,
     Message,
     NamedToolChoice,
+    ResponseFormat,
     TextPart,
     Tool,
     ToolCall,
@@ -54,8 +72,15 @@ from .gemini_schema import gemini_schema
 from .http import HTTPTransport
 from .registry import register
 
-_FILTERED = ("SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY")
-_FINISHES = {"STOP": "stop", "MAX_TOKENS": "length"} | dict.fromkeys(_FILTERED, "content_filter")
+# Cut for what was said: by a filter, or (LANGUAGE) for a language Gemini does not support.
+_FILTERED = ("SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "LANGUAGE")
+_IMAGE_FILTERED = ("IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "IMAGE_OTHER")
+_FINISHES = {"STOP": "stop", "MAX_TOKENS": "length"}
+_FINISHES |= dict.fromkeys(_FILTERED + _IMAGE_FILTERED, "content_filter")
+# How a failed generation ends: when it produced nothing, an error rather than an answer.
+_FAILED = ("MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS", "OTHER")
+_THINKING_LEVELS = {"minimal": "low", "low": "low", "medium": "high", "high": "high"}
+_THINKING_BUDGETS = {"minimal": 0, "low": 1024, "medium": 8192, "high": 24576}
 _CHOICE_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 _IMAGE_TYPES = {f".{ext}": f"image/{ext}" for ext in ("png", "jpeg", "webp", "gif", "heic", "heif")}
 _IMAGE_TYPES |= {".jpg": "image/jpeg", ".pdf": "application/pdf"}
@@ -109,11 +134,11 @@ class GeminiAdapter(ProviderAdapter):
         return f"{self.base_url}/models/{model}:{method}"
 
     def chat(self, request: ChatRequest, upstream_model: str) -> ChatCompletion:
-        body = build_request(request)
+        body = build_request(request, upstream_model)
         url = self._url(upstream_model, "generateContent")
         answer = self.transport.post(url, body, self.headers)
         try:
-            return _completion(json.loads(answer), upstream_model)
+            return _completion(json.loads(answer), upstream_model, self.name)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UpstreamError(
                 f"{self.name} sent an answer that is not a GenerateContentResponse",
@@ -121,16 +146,18 @@ class GeminiAdapter(ProviderAdapter):
             ) from exc
 
     def stream(self, request: ChatRequest, upstream_model: str) -> ChunkStream:
-        body = build_request(request)
+        body = build_request(request, upstream_model)
         url = self._url(upstream_model, "streamGenerateContent") + "?alt=sse"
         response = self.transport.open_stream(url, body, self.headers)
         events = self.transport.events(response)
-        # The first event is read here so that an error event or an empty stream raises
-        # from stream() itself, while the Router can still fall back.
+        # The first event is read here so that an error event, an empty stream or a failed
+        # generation raises from stream() itself, while the Router can still fall back.
         try:
             first = next(events, None)
             if first is None:
                 raise UpstreamError(f"{self.name} sent an empty stream", provider=self.name)
+            for candidate in first.get("candidates") or []:
+                _check_produced(candidate, any(_parts(candidate.get("content"))), self.name)
         except BaseException:
             response.close()
             raise
@@ -144,18 +171,28 @@ class GeminiAdapter(ProviderAdapter):
 # --------------------------------------------------------------------------- request
 
 
-def build_request(request: ChatRequest) -> dict[str, Any]:
-    """The ``generateContent`` body for ``request``; what cannot be translated raises 400."""
+def build_request(request: ChatRequest, upstream_model: str) -> dict[str, Any]:
+    """The ``generateContent`` body of ``request`` for ``upstream_model``; what cannot be
+    translated raises 400."""
+    model = upstream_model.removeprefix("models/")
     system, contents = _contents(request.messages)
     body: dict[str, Any] = {"contents": contents}
-    if system:
-        body["systemInstruction"] = {"parts": system}
     if request.tools:
         declarations = [_declaration(i, tool) for i, tool in enumerate(request.tools)]
         body["tools"] = [{"functionDeclarations": declarations}]
         if request.tool_choice is not None:
             body["toolConfig"] = {"functionCallingConfig": _calling_config(request.tool_choice)}
-    config = _generation_config(request)
+    config = _generation_config(request, model)
+    response_format = request.response_format
+    if response_format is not None and response_format.type != "text":
+        calling = bool(request.tools) and request.tool_choice != "none"
+        if calling and not model.startswith("gemini-3"):
+            # Gemini 2.x refuses JSON output beside function calling: asked for in words.
+            system.append({"text": _json_instruction(response_format)})
+        else:
+            config |= _json_config(response_format)
+    if system:
+        body["systemInstruction"] = {"parts": system}
     if config:
         body["generationConfig"] = config
     return body
@@ -262,7 +299,8 @@ def _calling_config(choice: str | NamedToolChoice) -> dict[str, Any]:
     return {"mode": _CHOICE_MODES[choice]}
 
 
-def _generation_config(request: ChatRequest) -> dict[str, Any]:
+def _generation_config(request: ChatRequest, model: str) -> dict[str, Any]:
+    penalties = model.startswith("gemini-2.0")  # later models refuse them
     config: dict[str, Any] = {
         "temperature": request.temperature,
         "topP": request.top_p,
@@ -270,17 +308,45 @@ def _generation_config(request: ChatRequest) -> dict[str, Any]:
         "stopSequences": [request.stop] if isinstance(request.stop, str) else request.stop,
         "candidateCount": request.n,
         "seed": request.seed,
-        "presencePenalty": request.presence_penalty,
-        "frequencyPenalty": request.frequency_penalty,
+        "presencePenalty": request.presence_penalty if penalties else None,
+        "frequencyPenalty": request.frequency_penalty if penalties else None,
+        "thinkingConfig": _thinking_config(request, model),
     }
-    response_format = request.response_format
-    if response_format is not None and response_format.type != "text":
-        config["responseMimeType"] = "application/json"
-        schema = response_format.json_schema and response_format.json_schema.schema_
-        # An object schema without properties asks for any JSON object: plain JSON mode.
-        if schema and (schema.get("properties") or schema.get("type") != "object"):
-            config["responseSchema"] = gemini_schema(schema, "response_format.json_schema")
     return {key: value for key, value in config.items() if value not in (None, [])}
+
+
+def _thinking_config(request: ChatRequest, model: str) -> dict[str, Any] | None:
+    # Not a declared field of ChatRequest: it arrives, unchecked, among the extra ones.
+    effort = (request.model_extra or {}).get("reasoning_effort")
+    if not isinstance(effort, str) or effort not in _THINKING_BUDGETS:
+        return None
+    if model.startswith("gemini-3"):
+        return {"thinkingLevel": _THINKING_LEVELS[effort]}
+    if model.startswith("gemini-2.5-pro"):  # cannot stop thinking: 128 is its least
+        return {"thinkingBudget": max(_THINKING_BUDGETS[effort], 128)}
+    if model.startswith("gemini-2.5"):
+        return {"thinkingBudget": _THINKING_BUDGETS[effort]}
+    return None
+
+
+def _json_config(response_format: ResponseFormat) -> dict[str, Any]:
+    config: dict[str, Any] = {"responseMimeType": "application/json"}
+    schema = response_format.json_schema and response_format.json_schema.schema_
+    # An object schema without properties asks for any JSON object: plain JSON mode.
+    if schema and (schema.get("properties") or schema.get("type") != "object"):
+        config["responseSchema"] = gemini_schema(schema, "response_format.json_schema")
+    return config
+
+
+def _json_instruction(response_format: ResponseFormat) -> str:
+    schema = response_format.json_schema and response_format.json_schema.schema_
+    text = (
+        "Unless you call a function, reply with a single JSON object and nothing else: "
+        "no other text, no code fence."
+    )
+    if schema:
+        text += " The object must match this JSON Schema: " + json.dumps(schema, ensure_ascii=False)
+    return text
 
 
 def _invalid(param: str, problem: str) -> InvalidRequestError:
@@ -290,10 +356,10 @@ def _invalid(param: str, problem: str) -> InvalidRequestError:
 # --------------------------------------------------------------------------- response
 
 
-def _completion(payload: dict[str, Any], upstream_model: str) -> ChatCompletion:
+def _completion(payload: dict[str, Any], upstream_model: str, provider: str) -> ChatCompletion:
     candidates = payload.get("candidates") or []
     if candidates:
-        choices = [_choice(position, candidate) for position, candidate in enumerate(candidates)]
+        choices = [_choice(n, candidate, provider) for n, candidate in enumerate(candidates)]
     elif _blocked(payload):
         choices = [{"message": {"content": ""}, "finish_reason": "content_filter"}]
     else:
@@ -310,8 +376,9 @@ def _completion(payload: dict[str, Any], upstream_model: str) -> ChatCompletion:
     )
 
 
-def _choice(position: int, candidate: dict[str, Any]) -> dict[str, Any]:
+def _choice(position: int, candidate: dict[str, Any], provider: str) -> dict[str, Any]:
     text, calls = _parts(candidate.get("content"))
+    _check_produced(candidate, bool(text or calls), provider)
     finish = _FINISHES.get(candidate.get("finishReason", ""), "stop")
     return {
         "index": candidate.get("index", position),  # proto JSON leaves an index of 0 out
@@ -343,6 +410,15 @@ def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
         "type": "function",
         "function": {"name": call["name"], "arguments": arguments},
     }
+
+
+def _check_produced(candidate: dict[str, Any], produced: bool, provider: str) -> None:
+    """Raise for a candidate that failed without producing anything: the dispatcher can
+    then retry or fall back, where an empty answer would pass for a success."""
+    reason = candidate.get("finishReason")
+    if reason in _FAILED and not produced:
+        message = f"{provider}'s generation failed ({reason}) without producing anything"
+        raise UpstreamError(message, provider=provider)
 
 
 def _with_calls(finish: str, has_calls: bool) -> str:
@@ -387,6 +463,7 @@ def _stream_chunks(
         "model": first.get("modelVersion") or upstream_model,
     }
     calls: dict[int, int] = {}  # per choice, the calls so far: the next call's index
+    produced: set[int] = set()  # the choices that sent text or a call
     finishes: dict[int, str] = {}
     usage: dict[str, Any] | None = None
 
@@ -403,6 +480,8 @@ def _stream_chunks(
         for position, candidate in enumerate(payload.get("candidates") or []):
             index = candidate.get("index", position)
             text, found = _parts(candidate.get("content"))
+            if text or found:
+                produced.add(index)
             if text:
                 yield chunk(index, {"content": text})
             for call in found:
@@ -410,6 +489,7 @@ def _stream_chunks(
                 calls[index] = number + 1
                 yield chunk(index, {"tool_calls": [{"index": number, **_tool_call(call)}]})
             if candidate.get("finishReason"):
+                _check_produced(candidate, index in produced, provider)
                 finishes[index] = _FINISHES.get(candidate["finishReason"], "stop")
     if not finishes:  # Gemini's last event always carries one: the stream was cut short
         raise UpstreamError(f"{provider}'s stream ended before it finished", provider=provider)

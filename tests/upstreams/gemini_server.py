@@ -36,6 +36,9 @@ class Enum:
 
 TYPE = Enum("Type", "STRING", "NUMBER", "INTEGER", "BOOLEAN", "ARRAY", "OBJECT", "NULL")
 MODE = Enum("FunctionCallingConfig.Mode", "AUTO", "ANY", "NONE", "VALIDATED")
+LEVEL = Enum(
+    "ThinkingConfig.ThinkingLevel", "THINKING_LEVEL_UNSPECIFIED", "MINIMAL", "LOW", "MEDIUM", "HIGH"
+)
 SCHEMA_FIELDS: dict[str, Any] = {
     "type": TYPE,
     "format": str,
@@ -119,7 +122,7 @@ MESSAGES: dict[str, dict[str, Any]] = {
         "frequencyPenalty": float,
         "responseLogprobs": bool,
         "logprobs": int,
-        "thinkingConfig": {"includeThoughts": bool, "thinkingBudget": int, "thinkingLevel": str},
+        "thinkingConfig": {"includeThoughts": bool, "thinkingBudget": int, "thinkingLevel": LEVEL},
     },
 }
 # The members of Part's oneof "data".
@@ -155,6 +158,13 @@ MESSAGES_BY_STATUS = {
 }
 FUNCTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")
 THINKING_MODELS = ("gemini-2.5", "gemini-3")
+# thinkingBudget per model, most specific name first: least, most, and whether 0 turns
+# thinking off; -1 (the model decides) is always taken.
+BUDGETS = {
+    "gemini-2.5-pro": (128, 32768, False),
+    "gemini-2.5-flash-lite": (512, 24576, True),
+    "gemini-2.5-flash": (1, 24576, True),
+}
 THOUGHT_TOKENS = 16
 IMAGE_TOKENS = 258  # what Gemini counts for one image
 
@@ -313,6 +323,46 @@ def request_problem(body: dict[str, Any], model: str) -> str | None:
         problems.append("generation_config.stop_sequences: at most 5 stop sequences are allowed.")
     if problems:
         return "".join(f"* GenerateContentRequest.{problem}\n" for problem in problems)
+    return _model_problem(body, model)
+
+
+def _model_problem(body: dict[str, Any], model: str) -> str | None:
+    """What ``model`` refuses that other Gemini models take."""
+    config = body.get("generationConfig") or {}
+    calling = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
+    declares = any(tool.get("functionDeclarations") for tool in body.get("tools") or [])
+    if (
+        declares
+        and str(calling.get("mode", "AUTO")).upper() in ("AUTO", "ANY")
+        and config.get("responseMimeType") == "application/json"
+        and not model.startswith("gemini-3")
+    ):
+        return "Function calling with a response mime type: 'application/json' is unsupported"
+    penalized = config.get("presencePenalty") or config.get("frequencyPenalty")
+    if penalized and not model.startswith("gemini-2.0"):
+        return f"Penalty is not enabled for models/{model}"
+    return _thinking_problem(config.get("thinkingConfig") or {}, model)
+
+
+def _thinking_problem(thinking: dict[str, Any], model: str) -> str | None:
+    level = str(thinking.get("thinkingLevel", "")).upper()
+    budget = thinking.get("thinkingBudget")
+    if level and budget is not None:
+        return "You can only set one of thinking budget and thinking level."
+    if level and not model.startswith("gemini-3"):
+        return "Thinking level is not supported for this model."
+    if level and model.startswith("gemini-3-pro") and level not in ("LOW", "HIGH"):
+        return f"Thinking level {level} is not supported for this model."
+    if budget is None or model.startswith("gemini-3"):
+        return None
+    if not model.startswith(THINKING_MODELS):
+        return f"Thinking is not enabled for models/{model}"
+    ranges = (v for name, v in BUDGETS.items() if model.startswith(name))
+    least, most, can_stop = next(ranges, (1, 32768, True))
+    if budget == 0 and not can_stop:
+        return "Budget 0 is invalid. This model only works in thinking mode."
+    if budget not in (-1, 0) and not least <= budget <= most:
+        return f"The thinking budget ({budget}) is invalid."
     return None
 
 
@@ -392,13 +442,16 @@ def _schema_problems(schema: dict[str, Any], path: str) -> list[str]:
 # --------------------------------------------------------------------------- answers
 
 
-def answer(body: dict[str, Any], model: str, response_id: str) -> dict[str, Any]:
-    """The deterministic GenerateContentResponse to a valid request."""
+def answer(
+    body: dict[str, Any], model: str, response_id: str, ending: tuple[str, str] | None = None
+) -> dict[str, Any]:
+    """The deterministic GenerateContentResponse to a valid request; ``ending``, a text and
+    a finish reason, replaces what the model would say."""
     config = body.get("generationConfig") or {}
     last = body["contents"][-1]["parts"]
     results = [part["functionResponse"] for part in last if "functionResponse" in part]
     said = " ".join(part["text"] for part in last if "text" in part)
-    calls = [] if results else _calls(body, said)
+    calls = [] if results or ending else _calls(body, said)
     if results:
         text = "; ".join(f"{r['name']} returned {json.dumps(r['response'])}" for r in results)
     elif calls:
@@ -408,7 +461,7 @@ def answer(body: dict[str, Any], model: str, response_id: str) -> dict[str, Any]
         text = json.dumps(placeholder(schema) if schema else {"echo": said})
     else:
         text = said
-    text, finish = _limited(text, config)
+    text, finish = ending or _limited(text, config)
     parts: list[dict[str, Any]] = [{"text": text}] if text else []
     for number, call in enumerate(calls):
         part: dict[str, Any] = {"functionCall": call}
@@ -416,10 +469,8 @@ def answer(body: dict[str, Any], model: str, response_id: str) -> dict[str, Any]
             part["thoughtSignature"] = base64.b64encode(b"fake signature").decode()
         parts.append(part)
     count = config.get("candidateCount", 1)
-    candidates = [
-        {"content": {"parts": parts, "role": "model"}, "finishReason": finish, "index": index}
-        for index in range(count)
-    ]
+    content = {"content": {"parts": parts, "role": "model"}} if parts else {}  # none if empty
+    candidates = [{**content, "finishReason": finish, "index": index} for index in range(count)]
     candidates[0].pop("index")  # proto JSON leaves out fields at their default, 0 here
     completion = count * (_words(text) + sum(len(json.dumps(c["args"]).split()) + 1 for c in calls))
     usage = {"promptTokenCount": _prompt_tokens(body), "candidatesTokenCount": completion}
@@ -439,7 +490,7 @@ def stream_events(response: dict[str, Any]) -> list[dict[str, Any]]:
     """``response`` as Gemini streams it: text three words an event, calls in one event,
     the finish reason and the full usage on the last, the prompt count on every one."""
     candidates = response["candidates"]
-    parts = candidates[0]["content"]["parts"]
+    parts = candidates[0].get("content", {}).get("parts", [])
     text = "".join(part.get("text", "") for part in parts)
     words = re.findall(r"\S+\s*", text)
     pieces: list[list[dict[str, Any]]] = [
@@ -448,7 +499,7 @@ def stream_events(response: dict[str, Any]) -> list[dict[str, Any]]:
     calls = [part for part in parts if "functionCall" in part]
     if calls:
         pieces.append(calls)
-    pieces = pieces or [[{"text": ""}]]
+    pieces = pieces or [[]]
     usage = response["usageMetadata"]
     prompt = usage["promptTokenCount"]
     head = {key: response[key] for key in ("modelVersion", "responseId")}
@@ -457,7 +508,9 @@ def stream_events(response: dict[str, Any]) -> list[dict[str, Any]]:
         last = number == len(pieces) - 1
         event_candidates = []
         for candidate in candidates:
-            event_candidate = {**candidate, "content": {"parts": piece, "role": "model"}}
+            event_candidate = {key: value for key, value in candidate.items() if key != "content"}
+            if piece:
+                event_candidate["content"] = {"parts": piece, "role": "model"}
             if not last:
                 event_candidate.pop("finishReason")
             event_candidates.append(event_candidate)
@@ -566,6 +619,11 @@ class FakeGemini:
     the text three words an event, the calls in one event, the finish reason and the full
     usage on the last. Models ``gemini-2.5*`` and ``gemini-3*`` report thinking tokens;
     ``gemini-3*`` signs its calls and, as the real one, refuses replayed calls unsigned.
+
+    Refused by model as Gemini does: JSON output beside function calling before
+    ``gemini-3``, non-zero penalties after ``gemini-2.0``, ``thinkingLevel`` before
+    ``gemini-3`` (Gemini 3 Pro: "low" and "high" only), a ``thinkingBudget`` outside the
+    model's range.
     """
 
     def __init__(self, api_key: str = API_KEY) -> None:
@@ -580,6 +638,7 @@ class FakeGemini:
         self.received: list[Received] = []
         self.failures: deque[Failure] = deque()
         self.replies: deque[list[dict[str, Any]]] = deque()
+        self.endings: deque[tuple[str, str]] = deque()
         self.event_delay = 0.0
         self.abandoned = threading.Event()  # set when a client leaves a stream early
 
@@ -611,6 +670,11 @@ class FakeGemini:
         ``generateContent``, or the events of a stream."""
         self.replies.append(list(responses))
 
+    def finish_next(self, reason: str, text: str = "") -> None:
+        """End the next answer with ``finishReason`` ``reason`` and ``text`` instead of what
+        it would say; without text the candidate has no content, as Gemini sends it."""
+        self.endings.append((text, reason))
+
     def _handle(self, target: str) -> Response:
         model, _, method = target.rpartition(":")
         body = request.get_json(silent=True, force=True)
@@ -641,7 +705,8 @@ class FakeGemini:
         if failure and failure.after_events is None:
             return _json(failure.body(), failure.code)
         scripted = self.replies.popleft() if self.replies else None
-        reply = answer(body, model, f"fake-response-{next(self._ids)}")
+        ending = self.endings.popleft() if self.endings else None
+        reply = answer(body, model, f"fake-response-{next(self._ids)}", ending)
         if method == "generateContent":
             if scripted is not None:
                 (reply,) = scripted
