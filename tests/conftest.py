@@ -122,26 +122,14 @@ def database_urls() -> list[Any]:
     """The store matrix: SQLite always; PostgreSQL and MariaDB when their URLs are set."""
     return [
         pytest.param("sqlite-file", id="sqlite"),
-        pytest.param(
-            os.environ.get("LLMROUTER_TEST_POSTGRES_URL"),
-            id="postgres",
-            marks=[
-                pytest.mark.postgres,
-                pytest.mark.skipif(
-                    not os.environ.get("LLMROUTER_TEST_POSTGRES_URL"),
-                    reason="LLMROUTER_TEST_POSTGRES_URL is not set",
-                ),
-            ],
-        ),
-        pytest.param(
-            os.environ.get("LLMROUTER_TEST_MYSQL_URL"),
-            id="mariadb",
-            marks=[
-                pytest.mark.mysql,
-                pytest.mark.skipif(
-                    not os.environ.get("LLMROUTER_TEST_MYSQL_URL"),
-                    reason="LLMROUTER_TEST_MYSQL_URL is not set",
-                ),
-            ],
-        ),
+        _server("LLMROUTER_TEST_POSTGRES_URL", "postgres", pytest.mark.postgres),
+        _server("LLMROUTER_TEST_MYSQL_URL", "mariadb", pytest.mark.mysql),
     ]
+
+
+def _server(variable: str, name: str, mark: pytest.MarkDecorator) -> Any:
+    """A database server of the matrix, skipped with the reason when its URL is not set."""
+    url = os.environ.get(variable)
+    return pytest.param(
+        url, id=name, marks=[mark, pytest.mark.skipif(not url, reason=f"{variable} is not set")]
+    )
