@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -30,6 +31,21 @@ def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
             return True
         time.sleep(0.02)
     return condition()
+
+
+def openai_router(
+    make_router: Callable[..., Router],
+    fake_openai: FakeOpenAI,
+    fallbacks: list[str] | None = None,
+    **provider_settings: Any,
+) -> tuple[Router, str]:
+    """A router whose OpenAI provider (no retries) has ``provider_settings``, and a key."""
+    config = gateway_config(fake_openai.url)
+    provider = config["providers"][1]
+    provider.update(max_retries=0, **provider_settings)
+    provider["models"][0]["fallbacks"] = fallbacks or []
+    router = make_router(config)
+    return router, router.create_key("k")[1]
 
 
 def test_chat_returns_openai_body(router: Router, api_key: str) -> None:
@@ -216,10 +232,7 @@ def test_closing_a_stream_early_releases_the_upstream(
 def test_stream_errors_before_output_raise_and_bill_nothing(
     make_router: Callable[..., Router], fake_openai: FakeOpenAI
 ) -> None:
-    config = gateway_config(fake_openai.url)
-    config["providers"][1]["max_retries"] = 0
-    router = make_router(config)
-    key = router.create_key("k")[1]
+    router, key = openai_router(make_router, fake_openai)
     fake_openai.script.append(Fault(status=500))
     with pytest.raises(UpstreamError):
         router.chat(model="OpenAI#gpt-4o-mini", messages=HELLO, api_key=key, stream=True)
@@ -289,11 +302,7 @@ def test_a_stream_dropped_unclosed_is_still_settled(
 def test_an_empty_stream_is_a_failure_that_falls_back(
     make_router: Callable[..., Router], fake_openai: FakeOpenAI
 ) -> None:
-    config = gateway_config(fake_openai.url)
-    config["providers"][1]["max_retries"] = 0
-    config["providers"][1]["models"][0]["fallbacks"] = ["echo#echo"]
-    router = make_router(config)
-    key = router.create_key("k")[1]
+    router, key = openai_router(make_router, fake_openai, fallbacks=["echo#echo"])
     fake_openai.script.append(Fault(empty_stream=True))
     chunks = list(router.chat(model="OpenAI#gpt-4o-mini", messages=HELLO, api_key=key, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "hello there"
@@ -303,10 +312,7 @@ def test_an_empty_stream_is_a_failure_that_falls_back(
 def test_an_oversized_answer_is_refused_not_read(
     make_router: Callable[..., Router], fake_openai: FakeOpenAI
 ) -> None:
-    config = gateway_config(fake_openai.url)
-    config["providers"][1].update(max_retries=0, max_answer_bytes=100_000)
-    router = make_router(config)
-    key = router.create_key("k")[1]
+    router, key = openai_router(make_router, fake_openai, max_answer_bytes=100_000)
     fake_openai.script.append(Fault(padding=200_000))
     with pytest.raises(UpstreamError, match="larger than 100000 bytes"):
         router.chat(model="OpenAI#gpt-4o-mini", messages=HELLO, api_key=key)
@@ -330,10 +336,7 @@ def test_a_model_name_too_long_for_the_ledger_is_refused(
 def test_an_oversized_stream_event_breaks_the_stream_off(
     make_router: Callable[..., Router], fake_openai: FakeOpenAI
 ) -> None:
-    config = gateway_config(fake_openai.url)
-    config["providers"][1].update(max_retries=0, max_answer_bytes=2048)
-    router = make_router(config)
-    key = router.create_key("k")[1]
+    router, key = openai_router(make_router, fake_openai, max_answer_bytes=2048)
     huge = [{"role": "user", "content": "x" * 5000}]  # echoed back in one chunk
     with pytest.raises(UpstreamError, match="unreadable stream event"):
         list(router.chat(model="OpenAI#gpt-4o-mini", messages=huge, api_key=key, stream=True))
