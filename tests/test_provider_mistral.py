@@ -432,31 +432,31 @@ def test_the_fake_refuses_what_mistral_refuses(
 # --------------------------------------------------------------------------- through a Router
 
 
+def mistral_router(
+    make_router: Callable[..., Router],
+    base_url: str,
+    fallbacks: list[str] | None = None,
+    **provider_settings: Any,
+) -> Router:
+    """A router with the fake Mistral (and echo, for fallbacks) at one set of prices."""
+    prices = {"prompt_price": "0.0000001", "completion_price": "0.0000003"}
+    mistral = {
+        "name": "Mistral",
+        "kind": "mistral",
+        "base_url": base_url,
+        "api_key": API_KEY,
+        "models": [{"id": MODEL, "fallbacks": fallbacks or [], **prices}],
+        **provider_settings,
+    }
+    echo = {"name": "echo", "kind": "echo", "models": [{"id": "echo", **prices}]}
+    return make_router({"database_url": "sqlite://", "providers": [mistral, echo]})
+
+
 def test_router_bills_a_mistral_stream_from_the_usage_in_its_last_chunk(
     make_router: Callable[..., Router], base_url: str
 ) -> None:
-    router = make_router(
-        {
-            "database_url": "sqlite://",
-            "providers": [
-                {
-                    "name": "Mistral",
-                    "kind": "mistral",
-                    "base_url": base_url,
-                    "api_key": API_KEY,
-                    "models": [
-                        {
-                            "id": MODEL,
-                            "prompt_price": "0.0000001",
-                            "completion_price": "0.0000003",
-                        }
-                    ],
-                }
-            ],
-        }
-    )
+    router = mistral_router(make_router, base_url)
     key = router.create_key("test")[1]
-
     chunks = list(
         router.chat(
             model=f"Mistral#{MODEL}",
@@ -480,31 +480,15 @@ def test_reasoning_answers_reach_the_client_as_text_without_the_thinking(
     answer = adapter.chat(ask("hello there"), "magistral-small-latest")
     assert answer.choices[0].message.content == "You said: hello there"
     streamed = adapter.stream(ask("hello there", stream=True), "magistral-small-latest")
-    text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
-    assert text == "You said: hello there"
+    assert streamed_text(streamed) == "You said: hello there"
 
 
 def test_router_retries_a_failed_generation_then_falls_back(
     make_router: Callable[..., Router], base_url: str, fake: FakeMistral
 ) -> None:
     fake.finish_reason = "error"
-    prices = {"prompt_price": "0.0000001", "completion_price": "0.0000003"}
-    router = make_router(
-        {
-            "database_url": "sqlite://",
-            "providers": [
-                {
-                    "name": "Mistral",
-                    "kind": "mistral",
-                    "base_url": base_url,
-                    "api_key": API_KEY,
-                    "max_retries": 1,
-                    "retry_backoff": 0,
-                    "models": [{"id": MODEL, "fallbacks": ["echo#echo"], **prices}],
-                },
-                {"name": "echo", "kind": "echo", "models": [{"id": "echo", **prices}]},
-            ],
-        }
+    router = mistral_router(
+        make_router, base_url, max_retries=1, retry_backoff=0, fallbacks=["echo#echo"]
     )
     key = router.create_key("test")[1]
     messages = [{"role": "user", "content": "hello"}]
