@@ -9,12 +9,16 @@ before any output).
 from __future__ import annotations
 
 import contextlib
+import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import LLMRouterError
 from .providers.base import ChunkStream
 from .schemas import ChatCompletionChunk, Usage
+
+log = logging.getLogger("llmrouter")
 
 
 @dataclass(frozen=True)
@@ -88,10 +92,18 @@ class MeteredStream:
         self._end("partial" if self._delivered else "failed", "closed by the client")
 
     def __del__(self) -> None:
-        # A stream dropped unclosed still frees its connection and settles.
+        # A stream dropped unclosed still frees its connection and settles. Not here:
+        # the garbage collector may run this inside one of the store's transactions on
+        # the same thread, so the settlement goes to a thread of its own.
         if not self._ended:
             with contextlib.suppress(Exception):
-                self.close()
+                threading.Thread(target=self._close_quietly, daemon=True).start()
+
+    def _close_quietly(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            log.exception("a stream dropped unclosed could not be settled")
 
     def __enter__(self) -> MeteredStream:
         return self
