@@ -20,7 +20,6 @@ from typing import TypeVar
 from .errors import (
     InvalidRequestError,
     LLMRouterError,
-    UpstreamAuthError,
     UpstreamError,
 )
 from .naming import Target
@@ -125,7 +124,7 @@ class Dispatcher:
                     )
                     delay = _backoff(settings.retry_backoff, attempt, exc.retry_after)
                     if (
-                        isinstance(exc, UpstreamAuthError)
+                        not exc.retryable
                         or attempt == settings.max_retries
                         or delay is None
                         or self.cooldowns.remaining(target.provider)

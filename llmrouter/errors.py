@@ -167,7 +167,7 @@ class UpstreamError(LLMRouterError):
     status = 502
     type = "upstream_error"
     code = "upstream_error"
-    #: whether trying again (same or another provider) may succeed
+    #: whether asking the same provider again may succeed (fallbacks are tried either way)
     retryable: bool = True
 
     def __init__(
