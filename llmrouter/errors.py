@@ -6,8 +6,7 @@ Every failure a caller can see is one of these classes; over HTTP each renders a
     LLMRouterError                       500 api_error
     ├── ConfigError                      (startup only: names the file and the key)
     ├── InvalidRequestError              400 invalid_request_error  (param names the field)
-    │   ├── RequestTooLargeError         413 request_too_large
-    │   └── UpstreamRejectedError        400 the upstream refused the request's content
+    │   └── RequestTooLargeError         413 request_too_large
     ├── AuthenticationError              401 invalid_api_key
     ├── PermissionDeniedError            403 permission_denied
     ├── NotFoundError                    404 not_found
@@ -17,17 +16,30 @@ Every failure a caller can see is one of these classes; over HTTP each renders a
     ├── RateLimitError                   429 rate_limit_exceeded    (Retry-After)
     ├── StoreUnavailableError            503 store_unavailable
     └── UpstreamError                    502 upstream_error         (provider-side failure)
+        ├── UpstreamRejectedError        400 upstream_rejected_request (the provider refused
+        │                                    the request's content: its 400/404/413/422)
+        ├── UpstreamUnsupportedError     400 unsupported_by_provider (its format cannot carry
+        │                                    the request; nothing was sent)
         ├── UpstreamAuthError            502 upstream_auth_error    (our provider key was refused)
         ├── UpstreamRateLimitError       429 upstream_rate_limited  (no fallback left)
-        └── UpstreamTimeoutError         504 upstream_timeout
+        ├── UpstreamTimeoutError         504 upstream_timeout
+        └── ProviderCoolingDownError     503 provider_cooling_down  (every target's breaker is
+                                             open; Retry-After)
 
-Adapters raise only the ``Upstream*`` branch; the Router raises the rest.
+Adapters raise only the ``Upstream*`` branch; the Router raises the rest. ``ConfigError``
+is raised only while a Router is built, never while it serves a request.
+
+Each ``UpstreamError`` says what it is evidence of (``scope``), which the dispatcher's
+circuit breakers read: ``request`` (the request is at fault; counts against nothing),
+``deployment`` (this provider + model pair failed) or ``provider`` (the whole provider:
+refused connections, DNS, TLS, our credentials refused).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from enum import Enum
+from typing import Any, ClassVar
 
 
 class LLMRouterError(Exception):
@@ -93,12 +105,6 @@ class RequestTooLargeError(InvalidRequestError):
     code = "request_too_large"
 
 
-class UpstreamRejectedError(InvalidRequestError):
-    """The provider answered 400/422: the request's content is at fault, not the gateway."""
-
-    code = "upstream_rejected_request"
-
-
 class AuthenticationError(LLMRouterError):
     status = 401
     type = "invalid_request_error"
@@ -161,6 +167,14 @@ class StoreUnavailableError(LLMRouterError):
     code = "store_unavailable"
 
 
+class FailureScope(str, Enum):
+    """What an upstream failure is evidence of (read by the circuit breakers)."""
+
+    REQUEST = "request"  # the request is at fault: counts against no breaker
+    DEPLOYMENT = "deployment"  # this provider + upstream model pair failed
+    PROVIDER = "provider"  # the whole provider: unreachable, or our credentials refused
+
+
 class UpstreamError(LLMRouterError):
     """The provider failed (5xx, broken connection, unreadable answer)."""
 
@@ -169,6 +183,10 @@ class UpstreamError(LLMRouterError):
     code = "upstream_error"
     #: whether asking the same provider again may succeed (fallbacks are tried either way)
     retryable: bool = True
+    #: what the failure says about the provider (see ``FailureScope``)
+    scope: FailureScope = FailureScope.DEPLOYMENT
+    #: False when no provider served anything, so the request is no call at all
+    is_call: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -179,16 +197,44 @@ class UpstreamError(LLMRouterError):
         retry_after: float | None = None,
         code: str | None = None,
         param: str | None = None,
+        scope: FailureScope | None = None,
     ) -> None:
         super().__init__(message, code=code, param=param)
         self.provider = provider
         self.upstream_status = upstream_status
         self.retry_after = retry_after
+        if scope is not None:
+            self.scope = scope
+
+
+class UpstreamRejectedError(UpstreamError):
+    """The provider refused the request's content (400/404/413/422): the request is at
+    fault, not the provider, so it is not retried but may suit a fallback."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "upstream_rejected_request"
+    retryable = False
+    scope = FailureScope.REQUEST
+
+
+class UpstreamUnsupportedError(UpstreamError):
+    """The provider's format cannot carry the request (``n`` > 1 on Anthropic, a schema
+    Gemini cannot express). Nothing was sent; a fallback may carry it, and when none can
+    the request is no call at all."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "unsupported_by_provider"
+    retryable = False
+    scope = FailureScope.REQUEST
+    is_call = False
 
 
 class UpstreamAuthError(UpstreamError):
     code = "upstream_auth_error"
     retryable = False
+    scope = FailureScope.PROVIDER
 
 
 class UpstreamRateLimitError(UpstreamError):
@@ -206,3 +252,17 @@ class UpstreamRateLimitError(UpstreamError):
 class UpstreamTimeoutError(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class ProviderCoolingDownError(UpstreamError):
+    """Every target of the request has an open circuit breaker; nothing was sent."""
+
+    status = 503
+    type = "api_error"
+    code = "provider_cooling_down"
+    retryable = False
+    is_call = False
+
+    def __init__(self, message: str, *, retry_after: float, **kwargs: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **kwargs)
+        self.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))

@@ -23,7 +23,7 @@ from .errors import (
     LLMRouterError,
     NotFoundError,
     StoreUnavailableError,
-    UpstreamRejectedError,
+    UpstreamError,
 )
 from .keys import KeyAuthenticator
 from .metering import MeteredStream, StreamEnd
@@ -196,7 +196,9 @@ class Router:
     ) -> None:
         """Account for a request no provider served: a failed call in the ledger, or, when
         no provider could even take the request, no call at all."""
-        if isinstance(exc, InvalidRequestError) and not isinstance(exc, UpstreamRejectedError):
+        if isinstance(exc, InvalidRequestError) or (
+            isinstance(exc, UpstreamError) and not exc.is_call
+        ):
             self.store.release(admission)
             return
         message = exc.message if isinstance(exc, LLMRouterError) else type(exc).__name__
