@@ -15,11 +15,11 @@ import requests
 
 from llmrouter.config import ProviderSettings
 from llmrouter.errors import (
-    InvalidRequestError,
     UpstreamAuthError,
     UpstreamError,
     UpstreamRateLimitError,
     UpstreamRejectedError,
+    UpstreamUnsupportedError,
 )
 from llmrouter.providers.base import ProviderAdapter
 from llmrouter.providers.registry import build_adapter
@@ -218,7 +218,7 @@ def test_untranslatable_parts_refused_before_sending(
         {"model": "m", "messages": [{"role": "user", "content": [part]}]}
     )
 
-    with pytest.raises(InvalidRequestError, match=named) as caught:
+    with pytest.raises(UpstreamUnsupportedError, match=named) as caught:
         adapter.chat(request, MODEL)
 
     assert caught.value.param == "messages[0].content"
@@ -268,7 +268,7 @@ def test_sampling_fields_mapped_and_unknown_fields_dropped(
 
 
 def test_n_above_one_refused(adapter: ProviderAdapter, fake: FakeAnthropic) -> None:
-    with pytest.raises(InvalidRequestError) as caught:
+    with pytest.raises(UpstreamUnsupportedError) as caught:
         adapter.chat(ask("hi", n=2), MODEL)
 
     assert caught.value.param == "n"
@@ -484,7 +484,7 @@ def test_unparseable_tool_arguments_refused(adapter: ProviderAdapter, fake: Fake
         }
     )
 
-    with pytest.raises(InvalidRequestError, match="toolu_a") as caught:
+    with pytest.raises(UpstreamUnsupportedError, match="toolu_a") as caught:
         adapter.chat(request, MODEL)
 
     assert caught.value.param == "messages[1].tool_calls"

@@ -14,11 +14,11 @@ import requests
 
 from llmrouter.config import ProviderSettings
 from llmrouter.errors import (
-    InvalidRequestError,
     UpstreamAuthError,
     UpstreamError,
     UpstreamRateLimitError,
     UpstreamRejectedError,
+    UpstreamUnsupportedError,
 )
 from llmrouter.providers.base import ChunkStream, ProviderAdapter
 from llmrouter.providers.gemini import GeminiAdapter
@@ -202,7 +202,7 @@ def test_image_parts(adapter: ProviderAdapter, fake: FakeGemini) -> None:
 def test_untranslatable_content_is_refused_before_sending(
     adapter: ProviderAdapter, fake: FakeGemini, part: dict[str, Any]
 ) -> None:
-    with pytest.raises(InvalidRequestError) as raised:
+    with pytest.raises(UpstreamUnsupportedError) as raised:
         adapter.chat(chat_request({"role": "user", "content": [part]}), MODEL)
     assert raised.value.param == "messages[0].content"
     assert fake.received == []
@@ -418,7 +418,7 @@ def test_schemas_gemini_cannot_express_are_refused_clearly(
     adapter: ProviderAdapter, fake: FakeGemini, schema: dict[str, Any], problem: str
 ) -> None:
     tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
-    with pytest.raises(InvalidRequestError) as raised:
+    with pytest.raises(UpstreamUnsupportedError) as raised:
         adapter.chat(chat_request("f", tools=[tool]), MODEL)
     assert problem in raised.value.message
     assert raised.value.message.startswith("tools[0].function.parameters.properties.")
@@ -548,7 +548,7 @@ def test_tool_history_that_cannot_be_translated_is_refused(
         call = {"id": "call_1", "type": "function", "function": assistant}
         messages.append({"role": "assistant", "tool_calls": [call]})
     messages.append({"role": "tool", "tool_call_id": tool_call_id, "content": "x"})
-    with pytest.raises(InvalidRequestError) as raised:
+    with pytest.raises(UpstreamUnsupportedError) as raised:
         adapter.chat(chat_request(*messages, tools=[WEATHER_TOOL]), MODEL)
     assert raised.value.param == param
     assert fake.received == []

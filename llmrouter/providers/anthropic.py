@@ -25,7 +25,7 @@ Where the two formats differ, this adapter chooses:
   input schema is the requested schema, and that input is returned as the message
   content (finish_reason ``stop``). With client tools in the request, a system
   instruction asks for JSON instead, so the client's tools stay callable.
-- ``n`` > 1 is refused (``InvalidRequestError``, param ``n``); ``seed``, penalties,
+- ``n`` > 1 is refused (``UpstreamUnsupportedError``, param ``n``); ``seed``, penalties,
   ``logit_bias``, ``logprobs`` and fields Anthropic does not know are dropped, since
   Anthropic refuses unknown fields. Content parts other than text and images are refused.
 """
@@ -42,7 +42,7 @@ from typing import Any
 
 import requests
 
-from ..errors import InvalidRequestError, UpstreamError
+from ..errors import UpstreamError, UpstreamUnsupportedError
 from ..schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -160,7 +160,9 @@ def translate_request(
 ) -> dict[str, Any]:
     """The Messages API body for ``request``, without ``stream`` (the adapter adds it)."""
     if request.n is not None and request.n > 1:
-        raise InvalidRequestError("Anthropic models return one choice only: n must be 1", param="n")
+        raise UpstreamUnsupportedError(
+            "Anthropic models return one choice only: n must be 1", param="n"
+        )
     system, messages = _conversation(request.messages)
     json_format = _json_format(request)
     schema = json_format.json_schema.schema_ if json_format and json_format.json_schema else None
@@ -227,7 +229,7 @@ def _user_blocks(message: Message, position: int) -> list[dict[str, Any]]:
         elif isinstance(part, ImagePart):
             blocks.append(_image_block(part.image_url.url, position))
         else:
-            raise InvalidRequestError(
+            raise UpstreamUnsupportedError(
                 f"Anthropic models do not accept content parts of type '{part.type}'",
                 param=f"messages[{position}].content",
             )
@@ -239,7 +241,7 @@ def _image_block(url: str, position: int) -> dict[str, Any]:
         return {"type": "image", "source": {"type": "url", "url": url}}
     match = _DATA_URI.match(url)
     if match is None:
-        raise InvalidRequestError(
+        raise UpstreamUnsupportedError(
             "an image data URI must be base64: data:<media type>;base64,<data>",
             param=f"messages[{position}].content",
         )
@@ -257,7 +259,7 @@ def _assistant_blocks(message: Message, position: int) -> list[dict[str, Any]]:
         except ValueError:
             arguments = None
         if not isinstance(arguments, dict):
-            raise InvalidRequestError(
+            raise UpstreamUnsupportedError(
                 f"the arguments of tool call '{call.id}' are not a JSON object",
                 param=f"messages[{position}].tool_calls",
             )

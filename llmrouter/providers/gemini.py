@@ -49,11 +49,11 @@ import requests
 
 from ..config import ProviderSettings
 from ..errors import (
-    InvalidRequestError,
     UpstreamAuthError,
     UpstreamError,
     UpstreamRateLimitError,
     UpstreamRejectedError,
+    UpstreamUnsupportedError,
 )
 from ..schemas import (
     ChatCompletion,
@@ -349,8 +349,8 @@ def _json_instruction(response_format: ResponseFormat) -> str:
     return text
 
 
-def _invalid(param: str, problem: str) -> InvalidRequestError:
-    return InvalidRequestError(f"{param}: {problem}", param=param)
+def _invalid(param: str, problem: str) -> UpstreamUnsupportedError:
+    return UpstreamUnsupportedError(f"{param}: {problem}", param=param)
 
 
 # --------------------------------------------------------------------------- response

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import InvalidRequestError
+from ..errors import UpstreamUnsupportedError
 
 # Schema keywords copied as they are (type, properties, required, items and anyOf are
 # rebuilt); Gemini also takes title, default and example, but they only document.
@@ -120,8 +120,8 @@ def _resolve(
     return node, refs
 
 
-def _unexpressible(where: str, problem: str) -> InvalidRequestError:
-    return InvalidRequestError(
+def _unexpressible(where: str, problem: str) -> UpstreamUnsupportedError:
+    return UpstreamUnsupportedError(
         f"{where} {problem}, which Gemini's schema subset cannot express",
         param=where.split(".")[0],
     )
