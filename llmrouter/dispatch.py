@@ -1,26 +1,34 @@
-"""Reliable dispatch below the Router: retries with backoff, fallbacks, provider cooldowns.
+"""Reliable dispatch below the Router: retries with backoff, fallbacks, circuit breakers.
 
-A request goes to its model's target, then to each configured fallback in order (a
-provider refusing the request with a 400 moves it on too). Each target is retried on 429,
-5xx, timeouts and broken connections (exponential backoff with
-jitter, honouring ``Retry-After``), but only before anything reached the client: a
-stream is retried until its first chunk arrives, never after. A provider failing
-``cooldown_after`` times in a row is skipped for ``cooldown_seconds``.
+A request goes to its model's target, then to each configured fallback in order. Each
+target is retried while its error says that asking again may help (``retryable``: 429,
+5xx, timeouts, broken connections), with exponential backoff and jitter, or after the
+provider's ``Retry-After`` (429 and 503); a ``Retry-After`` longer than
+``MAX_RETRY_WAIT_SECONDS`` moves on to the next target at once. A stream is retried until
+its first chunk arrives, never after. No attempt and no wait starts that would pass the
+call's ``deadline``.
+
+After its retries, a request's outcome on a target is reported once to the circuit
+breakers (``breakers.py``), which skip a deployment or provider that keeps failing. Only
+``UpstreamError`` is caught, and every decision is read from the error's own flags.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import random
-import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
+from .breakers import BreakerPolicy, Breakers
 from .errors import (
-    InvalidRequestError,
-    LLMRouterError,
+    FailureScope,
+    ProviderCoolingDownError,
     UpstreamError,
+    UpstreamTimeoutError,
 )
 from .naming import Target
 from .providers.base import ChunkStream, ProviderAdapter
@@ -31,33 +39,22 @@ MAX_RETRY_WAIT_SECONDS = 30.0
 _T = TypeVar("_T")
 
 
-class Cooldowns:
-    """Consecutive failures per provider, and who is cooling down until when."""
+@dataclass(frozen=True)
+class TargetPolicy:
+    """How one provider's targets are retried and when their breakers open."""
 
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._failures: dict[str, int] = {}
-        self._until: dict[str, float] = {}
-
-    def remaining(self, provider: str) -> float:
-        return max(0.0, self._until.get(provider, 0.0) - self._clock())
-
-    def failed(self, provider: str, *, after: int, seconds: float) -> None:
-        with self._lock:
-            count = self._failures.get(provider, 0) + 1
-            self._failures[provider] = count
-            if count >= after and seconds > 0:
-                self._until[provider] = self._clock() + seconds
-                self._failures[provider] = 0
-
-    def succeeded(self, provider: str) -> None:
-        with self._lock:
-            self._failures.pop(provider, None)
-            self._until.pop(provider, None)
+    max_retries: int
+    retry_backoff: float
+    breaker: BreakerPolicy
 
 
 class Dispatcher:
+    """Sends a request to the first of its targets that answers. Thread-safe.
+
+    ``clock`` (monotonic seconds) times the breakers and the ``deadline`` of each call;
+    ``sleep`` waits before retries (tests record the waits instead).
+    """
+
     def __init__(
         self,
         adapters: dict[str, ProviderAdapter],
@@ -66,15 +63,29 @@ class Dispatcher:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.adapters = adapters
-        self.cooldowns = Cooldowns(clock)
+        self.breakers = Breakers(clock)
+        self._clock = clock
         self._sleep = sleep
 
-    def chat(self, request: ChatRequest, targets: list[Target]) -> tuple[ChatCompletion, Target]:
-        return self._first_success(
-            targets, lambda adapter, target: adapter.chat(request, target.upstream_model)
+    def policy(self, provider: str) -> TargetPolicy:
+        """The one place a provider's retry and breaker settings are read."""
+        settings = self.adapters[provider].settings
+        return TargetPolicy(
+            max_retries=settings.max_retries,
+            retry_backoff=settings.retry_backoff,
+            breaker=BreakerPolicy(settings.cooldown_after, settings.cooldown_seconds),
         )
 
-    def stream(self, request: ChatRequest, targets: list[Target]) -> tuple[ChunkStream, Target]:
+    def chat(
+        self, request: ChatRequest, targets: list[Target], *, deadline: float | None = None
+    ) -> tuple[ChatCompletion, Target]:
+        return self._first_success(
+            targets, lambda adapter, target: adapter.chat(request, target.upstream_model), deadline
+        )
+
+    def stream(
+        self, request: ChatRequest, targets: list[Target], *, deadline: float | None = None
+    ) -> tuple[ChunkStream, Target]:
         def open_stream(adapter: ProviderAdapter, target: Target) -> ChunkStream:
             upstream = adapter.stream(request, target.upstream_model)
             try:
@@ -88,54 +99,88 @@ class Dispatcher:
                 raise
             return ChunkStream(itertools.chain([first], upstream), upstream.close)
 
-        return self._first_success(targets, open_stream)
+        return self._first_success(targets, open_stream, deadline)
 
     def _first_success(
-        self, targets: list[Target], call: Callable[[ProviderAdapter, Target], _T]
+        self,
+        targets: list[Target],
+        call: Callable[[ProviderAdapter, Target], _T],
+        deadline: float | None,
     ) -> tuple[_T, Target]:
-        last_error: LLMRouterError | None = None
+        errors: list[UpstreamError] = []
+        half_open_in: list[float] = []
         for target in targets:
-            wait = self.cooldowns.remaining(target.provider)
-            if wait:
-                last_error = last_error or UpstreamError(
-                    f"{target.provider} is cooling down after repeated failures; "
-                    f"it is tried again in {wait:.0f} s",
-                    provider=target.provider,
-                    code="provider_cooling_down",
+            if deadline is not None and self._clock() >= deadline:
+                break
+            policy = self.policy(target.provider)
+            passage = self.breakers.enter(target.provider, target.upstream_model, policy.breaker)
+            if passage is None:
+                half_open_in.append(
+                    self.breakers.seconds_until_half_open(target.provider, target.upstream_model)
                 )
                 continue
-            adapter = self.adapters[target.provider]
-            settings = adapter.settings
-            for attempt in range(settings.max_retries + 1):
-                try:
-                    result = call(adapter, target)
-                except InvalidRequestError as exc:
-                    # This provider refused the request (a 400/422), or its format cannot
-                    # carry it (n > 1 on Anthropic): never worth a retry, nor a cooldown,
-                    # but another provider may take it.
-                    last_error = exc
-                    break
-                except UpstreamError as exc:
-                    last_error = exc
-                    self.cooldowns.failed(
-                        target.provider,
-                        after=settings.cooldown_after,
-                        seconds=settings.cooldown_seconds,
-                    )
-                    delay = _backoff(settings.retry_backoff, attempt, exc.retry_after)
-                    if (
-                        not exc.retryable
-                        or attempt == settings.max_retries
-                        or delay is None
-                        or self.cooldowns.remaining(target.provider)
-                    ):
-                        break
-                    self._sleep(delay)
-                else:
-                    self.cooldowns.succeeded(target.provider)
-                    return result, target
-        assert last_error is not None  # targets is never empty
-        raise last_error
+            try:
+                result = self._with_retries(target, call, policy, deadline)
+            except UpstreamError as exc:
+                passage.failed(exc.scope)
+                exc.provider = exc.provider or target.provider
+                errors.append(exc)
+                continue
+            except BaseException:
+                passage.abandoned()
+                raise
+            passage.succeeded()
+            return result, target
+        raise _final_error(targets, errors, half_open_in)
+
+    def _with_retries(
+        self,
+        target: Target,
+        call: Callable[[ProviderAdapter, Target], _T],
+        policy: TargetPolicy,
+        deadline: float | None,
+    ) -> _T:
+        """The first answer of ``target`` within its retries, or its last error."""
+        adapter = self.adapters[target.provider]
+        for attempt in itertools.count():
+            try:
+                return call(adapter, target)
+            except UpstreamError as exc:
+                delay = _backoff(policy.retry_backoff, attempt, exc.retry_after)
+                if (
+                    not exc.retryable
+                    or attempt >= policy.max_retries
+                    or delay is None
+                    or (deadline is not None and self._clock() + delay >= deadline)
+                ):
+                    raise
+                self._sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _final_error(
+    targets: list[Target], errors: list[UpstreamError], half_open_in: list[float]
+) -> UpstreamError:
+    """What a request no target served answers: the error of the first target that was
+    called (the model asked for, or the fallback closest to it), else of the first that
+    was tried at all; 503 when every breaker in the way was open; else the deadline."""
+    called = [error for error in errors if error.is_call]
+    if called or errors:
+        return (called or errors)[0]
+    if half_open_in:
+        retry_after = min(half_open_in)
+        return ProviderCoolingDownError(
+            "every provider that can serve this request is cooling down after repeated "
+            f"failures; try again in {max(1, math.ceil(retry_after))} s",
+            retry_after=retry_after,
+            provider=targets[0].provider,
+            scope=FailureScope.REQUEST,
+        )
+    return UpstreamTimeoutError(
+        "the call's deadline passed before any provider could be asked",
+        provider=targets[0].provider,
+        scope=FailureScope.REQUEST,
+    )
 
 
 def _backoff(base: float, attempt: int, retry_after: float | None) -> float | None:
