@@ -25,7 +25,8 @@ from llmrouter.providers.base import ProviderAdapter
 from llmrouter.providers.registry import build_adapter
 from llmrouter.schemas import ChatCompletionChunk, ChatRequest
 from tests.client_view import assembled_tool_calls, streamed_text
-from tests.upstreams.anthropic_server import API_VERSION, TEST_KEY, FakeAnthropic, Script
+from tests.upstreams.anthropic_server import API_VERSION, TEST_KEY, FakeAnthropic, Shape
+from tests.upstreams.faults import Fault
 from tests.upstreams.loopback import LoopbackServer
 
 MODEL = "claude-test-1"
@@ -581,7 +582,7 @@ def test_stream_of_text(adapter: ProviderAdapter, fake: FakeAnthropic) -> None:
 
 
 def test_thinking_blocks_are_not_content(adapter: ProviderAdapter, fake: FakeAnthropic) -> None:
-    fake.script(Script(thinking="secret plan"), Script(thinking="secret plan"))
+    fake.shape_next(Shape(thinking="secret plan"), Shape(thinking="secret plan"))
 
     completion = adapter.chat(ask("hello"), MODEL)
     chunks = collect(adapter, ask("hello"))
@@ -593,8 +594,8 @@ def test_thinking_blocks_are_not_content(adapter: ProviderAdapter, fake: FakeAnt
 def test_usage_counts_cache_tokens_as_prompt_tokens(
     adapter: ProviderAdapter, fake: FakeAnthropic
 ) -> None:
-    cache = Script(cache_creation_input_tokens=100, cache_read_input_tokens=50)
-    fake.script(cache, cache)
+    cache = Shape(cache_creation_input_tokens=100, cache_read_input_tokens=50)
+    fake.shape_next(cache, cache)
 
     usage = adapter.chat(ask("one two three"), MODEL).usage
     streamed = collect(adapter, ask("one two three"))[-1].usage
@@ -648,7 +649,7 @@ def test_whitespace_only_stop_sequences_dropped(
 def test_finish_reason_for_each_stop_reason(
     adapter: ProviderAdapter, fake: FakeAnthropic, stop_reason: str, finish_reason: str
 ) -> None:
-    fake.script(Script(stop_reason=stop_reason), Script(stop_reason=stop_reason))
+    fake.shape_next(Shape(stop_reason=stop_reason), Shape(stop_reason=stop_reason))
 
     completion = adapter.chat(ask("hi"), MODEL)
     chunks = collect(adapter, ask("hi"))
@@ -721,7 +722,9 @@ def test_json_mode_with_client_tools_asks_through_the_system_prompt(
 
 
 def test_error_event_mid_stream_raises(adapter: ProviderAdapter, fake: FakeAnthropic) -> None:
-    fake.script(Script(error_after=4, error_type="overloaded_error", message="Overloaded"))
+    fake.script.append(
+        Fault(error_event_after=4, error_type="overloaded_error", message="Overloaded")
+    )
     stream = adapter.stream(ask("one two three four five six"), MODEL)
     received = []
 
@@ -737,7 +740,9 @@ def test_error_event_mid_stream_raises(adapter: ProviderAdapter, fake: FakeAnthr
 def test_error_event_before_any_chunk_raised_by_the_first_read(
     adapter: ProviderAdapter, fake: FakeAnthropic
 ) -> None:
-    fake.script(Script(error_after=0, error_type="overloaded_error", message="Overloaded"))
+    fake.script.append(
+        Fault(error_event_after=0, error_type="overloaded_error", message="Overloaded")
+    )
 
     # The dispatcher reads a stream's first chunk before anything reaches the client, so
     # an error here can still be retried or fall back.
@@ -748,18 +753,18 @@ def test_error_event_before_any_chunk_raised_by_the_first_read(
 
 
 @pytest.mark.parametrize(
-    ("script", "message"),
+    ("fault", "message"),
     [
-        (Script(drop_after=3), "stream broke off"),
-        (Script(drop_after=9), "stream broke off"),
-        (Script(end_after=9), "stream ended before message_stop"),
-        (Script(raw='event: message_start\ndata: {"type": "message_st\n\n'), "unreadable"),
+        (Fault(drop_after=3), "stream broke off"),
+        (Fault(drop_after=9), "stream broke off"),
+        (Fault(end_after=9), "stream ended before message_stop"),
+        (Fault(raw='event: message_start\ndata: {"type": "message_st\n\n'), "unreadable"),
     ],
 )
 def test_broken_stream_raises(
-    adapter: ProviderAdapter, fake: FakeAnthropic, script: Script, message: str
+    adapter: ProviderAdapter, fake: FakeAnthropic, fault: Fault, message: str
 ) -> None:
-    fake.script(script)
+    fake.script.append(fault)
 
     with pytest.raises(UpstreamError, match=message):
         list(adapter.stream(ask("one two three four five six"), MODEL))
@@ -768,7 +773,7 @@ def test_broken_stream_raises(
 def test_unreadable_answer_is_an_upstream_error(
     adapter: ProviderAdapter, fake: FakeAnthropic
 ) -> None:
-    fake.script(Script(raw='{"type": "message", "content": "not blocks"}'))
+    fake.script.append(Fault(raw='{"type": "message", "content": "not blocks"}'))
 
     with pytest.raises(UpstreamError, match="not a Messages API message"):
         adapter.chat(ask("hi"), MODEL)
@@ -787,10 +792,8 @@ def test_refused_key_is_an_auth_error_without_the_key(server: LoopbackServer) ->
 
 
 def test_rate_limit_keeps_retry_after(adapter: ProviderAdapter, fake: FakeAnthropic) -> None:
-    limited = Script(
-        status=429, error_type="rate_limit_error", message="Slow down", headers={"Retry-After": "7"}
-    )
-    fake.script(limited, limited)
+    limited = Fault(status=429, error_type="rate_limit_error", message="Slow down", retry_after=7)
+    fake.script.extend([limited, limited])
 
     for call in (adapter.chat, adapter.stream):
         with pytest.raises(UpstreamRateLimitError) as caught:
@@ -819,7 +822,7 @@ def test_request_anthropic_refuses_is_rejected_with_its_message(adapter: Provide
 def test_overloaded_is_a_retryable_upstream_error(
     adapter: ProviderAdapter, fake: FakeAnthropic
 ) -> None:
-    fake.script(Script(status=529, error_type="overloaded_error", message="Overloaded"))
+    fake.script.append(Fault(status=529, error_type="overloaded_error", message="Overloaded"))
 
     with pytest.raises(UpstreamError) as caught:
         adapter.chat(ask("hi"), MODEL)
@@ -833,7 +836,7 @@ def test_overloaded_is_a_retryable_upstream_error(
 def test_closing_a_stream_early_closes_the_connection(
     adapter: ProviderAdapter, fake: FakeAnthropic
 ) -> None:
-    fake.script(Script(event_delay=0.01))
+    fake.script.append(Fault(chunk_pause=0.01))
     stream = adapter.stream(ask(" ".join(["word"] * 500)), MODEL)
 
     first = [next(stream) for _ in range(3)]

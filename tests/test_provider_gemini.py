@@ -25,6 +25,7 @@ from llmrouter.providers.gemini import GeminiAdapter
 from llmrouter.providers.registry import adapter_class, build_adapter
 from llmrouter.schemas import ChatCompletionChunk, ChatRequest
 from tests.client_view import WEATHER_TOOL, streamed_text
+from tests.upstreams.faults import Fault
 from tests.upstreams.gemini_server import API_KEY, THOUGHT_TOKENS, FakeGemini
 from tests.upstreams.loopback import LoopbackServer
 
@@ -1034,7 +1035,7 @@ def test_upstream_400_keeps_geminis_message(adapter: ProviderAdapter) -> None:
 
 
 def test_scripted_400(adapter: ProviderAdapter, fake: FakeGemini) -> None:
-    fake.fail_next(400, "Request contains an invalid argument.")
+    fake.script.append(Fault(status=400, message="Request contains an invalid argument."))
     with pytest.raises(UpstreamRejectedError, match="Request contains an invalid argument"):
         adapter.chat(chat_request("hi"), MODEL)
 
@@ -1059,7 +1060,7 @@ def test_a_refused_key_is_an_auth_error_without_the_key(
 def test_401_and_403_are_auth_errors_and_the_key_is_redacted(
     adapter: ProviderAdapter, fake: FakeGemini, status: int
 ) -> None:
-    fake.fail_next(status, f"Permission denied for API key {API_KEY}.")
+    fake.script.append(Fault(status=status, message=f"Permission denied for API key {API_KEY}."))
     with pytest.raises(UpstreamAuthError) as raised:
         adapter.chat(chat_request("hi"), MODEL)
     assert raised.value.upstream_status == status
@@ -1072,8 +1073,12 @@ def test_a_failed_precondition_is_the_providers_failure(
 ) -> None:
     # Gemini refuses some regions and unbilled accounts with 400 FAILED_PRECONDITION: the
     # request is fine and another provider may serve it, so it is no client error.
-    fake.fail_next(
-        400, "User location is not supported for the API use.", status="FAILED_PRECONDITION"
+    fake.script.append(
+        Fault(
+            status=400,
+            message="User location is not supported for the API use.",
+            error_type="FAILED_PRECONDITION",
+        )
     )
     with pytest.raises(UpstreamError, match="User location is not supported") as raised:
         adapter.chat(chat_request("hi"), MODEL)
@@ -1084,7 +1089,7 @@ def test_a_failed_precondition_is_the_providers_failure(
 def test_429_is_a_rate_limit_with_geminis_retry_delay(
     adapter: ProviderAdapter, fake: FakeGemini
 ) -> None:
-    fake.fail_next(429, retry_delay="37s")
+    fake.script.append(Fault(status=429, retry_after=37))
     with pytest.raises(UpstreamRateLimitError) as raised:
         adapter.chat(chat_request("hi"), MODEL)
     assert raised.value.retry_after == 37.0
@@ -1095,7 +1100,7 @@ def test_429_is_a_rate_limit_with_geminis_retry_delay(
 def test_server_errors_are_upstream_errors(
     adapter: ProviderAdapter, fake: FakeGemini, status: int
 ) -> None:
-    fake.fail_next(status)
+    fake.script.append(Fault(status=status))
     with pytest.raises(UpstreamError) as raised:
         adapter.chat(chat_request("hi"), MODEL)
     assert type(raised.value) is UpstreamError
@@ -1114,18 +1119,18 @@ def test_an_unreadable_answer_is_an_upstream_error(
 def test_stream_errors_before_the_first_chunk_raise_from_stream(
     adapter: ProviderAdapter, fake: FakeGemini
 ) -> None:
-    fake.fail_next(503)
+    fake.script.append(Fault(status=503))
     with pytest.raises(UpstreamError, match="overloaded"):
         adapter.stream(chat_request("hi", stream=True), MODEL)
 
-    fake.fail_mid_stream(after_events=0, code=500)  # an error as the very first event
+    fake.script.append(Fault(error_event_after=0, status=500))  # the very first event
     with pytest.raises(UpstreamError, match="internal error") as raised:
         adapter.stream(chat_request("hi", stream=True), MODEL)
     assert raised.value.upstream_status == 500
 
 
 def test_an_error_event_mid_stream(adapter: ProviderAdapter, fake: FakeGemini) -> None:
-    fake.fail_mid_stream(after_events=1, code=503)
+    fake.script.append(Fault(error_event_after=1, status=503))
     stream = adapter.stream(chat_request("one two three four five", stream=True), MODEL)
     received: list[ChatCompletionChunk] = []
     with pytest.raises(UpstreamError, match="overloaded") as raised:
@@ -1136,7 +1141,7 @@ def test_an_error_event_mid_stream(adapter: ProviderAdapter, fake: FakeGemini) -
 
 
 def test_a_broken_connection_mid_stream(adapter: ProviderAdapter, fake: FakeGemini) -> None:
-    fake.fail_mid_stream(after_events=1, drop=True)
+    fake.script.append(Fault(drop_after=1))
     stream = adapter.stream(chat_request("one two three four five", stream=True), MODEL)
     with pytest.raises(UpstreamError, match="broke off"):
         list(stream)
@@ -1154,7 +1159,7 @@ def test_a_stream_cut_before_its_finish_is_an_error(
 def test_closing_a_stream_early_closes_the_connection(
     adapter: ProviderAdapter, fake: FakeGemini
 ) -> None:
-    fake.event_delay = 0.02
+    fake.script.append(Fault(chunk_pause=0.02))
     stream = adapter.stream(chat_request(" ".join(["word"] * 600), stream=True), MODEL)
     next(stream), next(stream)
     stream.close()

@@ -11,9 +11,10 @@ for each tool whose name the user wrote, after a short text block. A tool's inpu
 a placeholder for each required property, so a tool without parameters gets ``{}``.
 Tokens are counted as whitespace-separated words.
 
-Tests script the next requests with :class:`Script`: an error status; mid-stream, an
-``error`` event, a dropped connection or an early end; a forced stop_reason; cache usage;
-a thinking block; a raw body.
+Tests queue faults on ``fake.script`` (``tests.upstreams.faults.Fault``: Anthropic's
+error shape and types; mid-stream an ``error`` event, a dropped connection, an end before
+``message_stop``, an unreadable event) and shape the next answers with :class:`Shape` (a
+forced stop_reason, cache usage, a thinking block).
 One deviation, on purpose: a wrong key is echoed in the 401 message, as some providers
 do, so that tests can check the router redacts it.
 """
@@ -24,11 +25,14 @@ import json
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from werkzeug.wrappers import Request, Response
+
+from .faults import Fault, FaultScript, html_page, padded, reset_mid_body
 
 API_VERSION = "2023-06-01"
 TEST_KEY = "sk-ant-test-0123456789abcdef"
@@ -57,27 +61,26 @@ _JSON_FRAGMENT = 5
 
 
 @dataclass
-class Script:
-    """What to do differently for the next request (one script is used per request)."""
+class Shape:
+    """How the next answer differs from the deterministic one (one shape per request)."""
 
-    status: int = 200
-    error_type: str = "api_error"
-    message: str = "Internal server error"
-    headers: dict[str, str] = field(default_factory=dict)
-    #: streaming: send an ``error`` event (``error_type``, ``message``) after this many events
-    error_after: int | None = None
-    #: streaming: break the connection after this many events
-    drop_after: int | None = None
-    #: streaming: end the stream, cleanly but early, after this many events
-    end_after: int | None = None
-    #: streaming: seconds between events
-    event_delay: float = 0.0
     stop_reason: str | None = None
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
     thinking: str | None = None
-    #: sent as the 200 body (or the stream) instead of the answer
-    raw: str | None = None
+
+
+# Anthropic's error type for each status, and its message when the fault names none.
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+ERROR_MESSAGES = {"overloaded_error": "Overloaded", "rate_limit_error": "Rate limited"}
 
 
 @dataclass
@@ -101,7 +104,8 @@ class FakeAnthropic:
         self.api_key = api_key
         self.received: list[Received] = []
         self.aborted_streams = 0
-        self._scripts: list[Script] = []
+        self.script = FaultScript()
+        self._shapes: deque[Shape] = deque()
         self._lock = threading.Lock()
         self._counter = 0
 
@@ -109,15 +113,16 @@ class FakeAnthropic:
     def last(self) -> Received:
         return self.received[-1]
 
-    def script(self, *scripts: Script) -> None:
-        """Use these scripts, in order, for the next requests."""
+    def shape_next(self, *shapes: Shape) -> None:
+        """Shape the next answers with these, in order."""
         with self._lock:
-            self._scripts.extend(scripts)
+            self._shapes.extend(shapes)
 
     def reset(self) -> None:
+        self.script.clear()
         with self._lock:
             self.received.clear()
-            self._scripts.clear()
+            self._shapes.clear()
             self.aborted_streams = 0
             self._counter = 0
 
@@ -129,11 +134,14 @@ class FakeAnthropic:
             body = json.loads(request.get_data() or b"null")
         except ValueError:
             body = None
+        model = body.get("model") if isinstance(body, dict) else None
+        fault = self.script.take(model)
         with self._lock:
             self.received.append(Received(dict(request.headers), body))
-            script = self._scripts.pop(0) if self._scripts else Script()
+            shape = self._shapes.popleft() if self._shapes else Shape()
             self._counter += 1
             message_id = f"msg_fake{self._counter:06d}"
+        fault.pause()
         if request.method != "POST" or request.path != "/v1/messages":
             return _error(Rejected(f"Not found: {request.path}", 404, "not_found_error"))
         try:
@@ -141,41 +149,61 @@ class FakeAnthropic:
             _check_body(body)
         except Rejected as exc:
             return _error(exc)
-        if script.status >= 400:
-            rejected = Rejected(script.message, script.status, script.error_type)
-            return _error(rejected, script.headers)
-        message = _answer(body, message_id, script)
-        if script.raw is not None:
-            mimetype = "text/event-stream" if body.get("stream") else "application/json"
-            return Response(script.raw, mimetype=mimetype)
-        if body.get("stream"):
-            events = self._sse(_events(message, script), script)
+        if fault.status and fault.error_event_after is None:
+            return _error(_rejection(fault), fault.retry_after_header())
+        if fault.content_type:
+            return html_page(fault)
+        streamed = bool(body.get("stream"))
+        if fault.raw is not None:
+            mimetype = "text/event-stream" if streamed else "application/json"
+            return Response(fault.raw, mimetype=mimetype)
+        message = _answer(body, message_id, shape)
+        if fault.no_usage:
+            del message["usage"]
+        if streamed:
+            events = iter(()) if fault.empty_stream else _events(message, fault)
             return Response(
-                events, mimetype="text/event-stream", headers={"Cache-Control": "no-cache"}
+                self._sse(events, fault),
+                mimetype="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
             )
-        return Response(json.dumps(message), mimetype="application/json")
+        answer = json.dumps(padded(message, fault))
+        if fault.reset_mid_body:
+            return reset_mid_body(answer, "application/json", request.environ)
+        return Response(answer, mimetype="application/json")
 
-    def _sse(self, events: Iterator[tuple[str, dict[str, Any]]], script: Script) -> Iterator[bytes]:
+    def _sse(self, events: Iterator[tuple[str, dict[str, Any]]], fault: Fault) -> Iterator[bytes]:
         finished = False
         try:
             for count, (name, data) in enumerate(events):
-                if count == script.error_after:
-                    error = {"type": script.error_type, "message": script.message}
-                    yield _event("error", {"type": "error", "error": error})
+                if count == fault.error_event_after:
+                    error = _rejection(fault)
+                    body = {"type": error.kind, "message": error.message}
+                    yield _event("error", {"type": "error", "error": body})
                     break
-                if count == script.drop_after:
+                if count == fault.drop_after:
                     # An exception after the headers makes the server cut the connection
                     # without the final empty chunk, as a network failure would.
                     raise ConnectionAbortedError("scripted drop")
-                if count == script.end_after:
+                if count == fault.end_after:
                     break
+                if count == fault.malformed_after:
+                    yield b'event: content_block_delta\ndata: {"type": "content_block_del\n\n'
                 yield _event(name, data)
-                time.sleep(script.event_delay)
+                time.sleep(fault.chunk_pause)
             finished = True
         finally:
             if not finished:
                 with self._lock:
                     self.aborted_streams += 1
+
+
+def _rejection(fault: Fault) -> Rejected:
+    """The error a fault with a status stands for, in Anthropic's types."""
+    status = fault.status or 500
+    kind = fault.error_type or ERROR_TYPES.get(status, "api_error")
+    message = fault.message or ERROR_MESSAGES.get(kind, "Internal server error")
+    return Rejected(message, status, kind)
 
 
 # --------------------------------------------------------------------------- validation
@@ -355,7 +383,7 @@ def _blocks(content: Any) -> list[Any]:
 # --------------------------------------------------------------------------- answers
 
 
-def _answer(body: dict[str, Any], message_id: str, script: Script) -> dict[str, Any]:
+def _answer(body: dict[str, Any], message_id: str, shape: Shape) -> dict[str, Any]:
     """The complete Message the request gets (the stream is cut from it)."""
     messages = body["messages"]
     last_user = next(m for m in reversed(messages) if m["role"] == "user")
@@ -364,8 +392,8 @@ def _answer(body: dict[str, Any], message_id: str, script: Script) -> dict[str, 
     results = [_result_text(b) for b in blocks if b["type"] == "tool_result"]
     calls = [] if results else _tools_to_call(body, said)
     content: list[dict[str, Any]] = []
-    if script.thinking:
-        content.append({"type": "thinking", "thinking": script.thinking, "signature": "sig"})
+    if shape.thinking:
+        content.append({"type": "thinking", "thinking": shape.thinking, "signature": "sig"})
     forced = (body.get("tool_choice") or {}).get("type") in ("any", "tool")
     if results:
         text = "Tool results: " + "; ".join(results)
@@ -398,12 +426,12 @@ def _answer(body: dict[str, Any], message_id: str, script: Script) -> dict[str, 
         "role": "assistant",
         "model": body["model"],
         "content": content,
-        "stop_reason": script.stop_reason or stop_reason,
+        "stop_reason": shape.stop_reason or stop_reason,
         "stop_sequence": stop_sequence,
         "usage": {
             "input_tokens": _prompt_tokens(body),
-            "cache_creation_input_tokens": script.cache_creation_input_tokens,
-            "cache_read_input_tokens": script.cache_read_input_tokens,
+            "cache_creation_input_tokens": shape.cache_creation_input_tokens,
+            "cache_read_input_tokens": shape.cache_read_input_tokens,
             "output_tokens": output,
         },
     }
@@ -463,17 +491,14 @@ def _prompt_tokens(body: dict[str, Any]) -> int:
 # --------------------------------------------------------------------------- streaming
 
 
-def _events(message: dict[str, Any], script: Script) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``message`` as Anthropic streams it: text by word, tool input in small fragments."""
-    usage = message["usage"]
-    start = {
-        **message,
-        "content": [],
-        "stop_reason": None,
-        "stop_sequence": None,
-        "usage": {**usage, "output_tokens": 1},
-    }
-    yield "message_start", {"type": "message_start", "message": start}
+def _events(message: dict[str, Any], fault: Fault) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``message`` as Anthropic streams it: text by word, tool input in small fragments
+    (without usage if the message has none; padded in message_start)."""
+    usage = message.get("usage")
+    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
+    if usage:
+        start["usage"] = {**usage, "output_tokens": 1}
+    yield "message_start", padded({"type": "message_start", "message": start}, fault)
     yield "ping", {"type": "ping"}
     for index, block in enumerate(message["content"]):
         kind = block["type"]
@@ -493,17 +518,11 @@ def _events(message: dict[str, Any], script: Script) -> Iterator[tuple[str, dict
                 {"type": "content_block_delta", "index": index, "delta": delta},
             )
         yield "content_block_stop", {"type": "content_block_stop", "index": index}
-    yield (
-        "message_delta",
-        {
-            "type": "message_delta",
-            "delta": {
-                "stop_reason": message["stop_reason"],
-                "stop_sequence": message["stop_sequence"],
-            },
-            "usage": {"output_tokens": usage["output_tokens"]},
-        },
-    )
+    delta = {"stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]}
+    ending: dict[str, Any] = {"type": "message_delta", "delta": delta}
+    if usage:
+        ending["usage"] = {"output_tokens": usage["output_tokens"]}
+    yield "message_delta", ending
     yield "message_stop", {"type": "message_stop"}
 
 

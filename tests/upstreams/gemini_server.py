@@ -1,5 +1,6 @@
 """A fake Gemini API (generativelanguage v1beta) on loopback: Gemini's wire format and
-validation errors, deterministic answers, recorded requests and scripted failures."""
+validation errors, deterministic answers, recorded requests and scripted faults
+(``tests.upstreams.faults``) in Gemini's error shape."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, request
+
+from .faults import Fault, FaultScript, html_page, padded, reset_mid_body
 
 API_KEY = "AIza-test-fake-gemini-0123456789"
 
@@ -589,23 +592,16 @@ class Received:
     query: dict[str, str]
 
 
-@dataclass
-class Failure:
-    """A scripted failure: an HTTP error, or in a stream an error event or a cut connection."""
-
-    code: int
-    message: str
-    status: str  # Gemini's status name, INVALID_ARGUMENT for 400 unless told otherwise
-    after_events: int | None = None  # in a stream: fail after sending this many events
-    drop: bool = False  # cut the connection instead of sending an error event
-    retry_delay: str | None = None  # sent as google.rpc.RetryInfo
-
-    def body(self) -> dict[str, Any]:
-        details = []
-        if self.retry_delay:
-            retry = {"@type": "type.googleapis.com/google.rpc.RetryInfo"}
-            details.append({**retry, "retryDelay": self.retry_delay})
-        return error_body(self.code, self.message, details, self.status)
+def fault_body(fault: Fault) -> dict[str, Any]:
+    """The error a fault with a status stands for, in Gemini's shape; ``retry_after``
+    becomes the google.rpc.RetryInfo delay Gemini sends instead of a header."""
+    code = fault.status or 500
+    details = []
+    if fault.retry_after is not None:
+        retry = {"@type": "type.googleapis.com/google.rpc.RetryInfo"}
+        details.append({**retry, "retryDelay": f"{fault.retry_after:g}s"})
+    message = fault.message or MESSAGES_BY_STATUS.get(code, "Error")
+    return error_body(code, message, details, fault.error_type)
 
 
 class FakeGemini:
@@ -632,38 +628,19 @@ class FakeGemini:
         route = "/v1beta/models/<path:target>"
         self.app.add_url_rule(route, view_func=self._handle, methods=["POST"])
         self._ids = itertools.count(1)
+        self.script = FaultScript()
         self.reset()
 
     def reset(self) -> None:
+        self.script.clear()
         self.received: list[Received] = []
-        self.failures: deque[Failure] = deque()
         self.replies: deque[list[dict[str, Any]]] = deque()
         self.endings: deque[tuple[str, str]] = deque()
-        self.event_delay = 0.0
         self.abandoned = threading.Event()  # set when a client leaves a stream early
 
     @property
     def last(self) -> Received:
         return self.received[-1]
-
-    def fail_next(
-        self,
-        code: int,
-        message: str | None = None,
-        *,
-        status: str | None = None,
-        retry_delay: str | None = None,
-    ) -> None:
-        """Answer the next valid request with this HTTP error."""
-        message = message or MESSAGES_BY_STATUS.get(code, "Error")
-        status = status or STATUSES.get(code, "UNKNOWN")
-        self.failures.append(Failure(code, message, status, retry_delay=retry_delay))
-
-    def fail_mid_stream(self, after_events: int, code: int = 500, *, drop: bool = False) -> None:
-        """Break the next stream after ``after_events`` events: an error event, or (``drop``)
-        a connection cut without the end of the chunked body."""
-        message, status = MESSAGES_BY_STATUS.get(code, "Error"), STATUSES.get(code, "UNKNOWN")
-        self.failures.append(Failure(code, message, status, after_events=after_events, drop=drop))
 
     def reply_next(self, *responses: dict[str, Any]) -> None:
         """Answer the next valid request with these GenerateContentResponses: the one of a
@@ -680,6 +657,8 @@ class FakeGemini:
         body = request.get_json(silent=True, force=True)
         received = Received(model, method, body, dict(request.headers), request.args.to_dict())
         self.received.append(received)
+        fault = self.script.take(model)
+        fault.pause()
         if method not in ("generateContent", "streamGenerateContent"):
             return error(404, f"Method {method} is not found.")
         key = request.headers.get("x-goog-api-key") or request.args.get("key")
@@ -701,40 +680,54 @@ class FakeGemini:
         problem = "\n".join(parse_errors(body)) or request_problem(body, model)
         if problem:
             return error(400, problem)
-        failure = self.failures.popleft() if self.failures else None
-        if failure and failure.after_events is None:
-            return _json(failure.body(), failure.code)
+        if fault.status and fault.error_event_after is None:
+            return _json(fault_body(fault), fault.status)
+        if fault.content_type:
+            return html_page(fault)
+        if fault.raw is not None:
+            mimetype = "application/json" if method == "generateContent" else "text/event-stream"
+            return Response(fault.raw, mimetype=mimetype)
         scripted = self.replies.popleft() if self.replies else None
         ending = self.endings.popleft() if self.endings else None
         reply = answer(body, model, f"fake-response-{next(self._ids)}", ending)
         if method == "generateContent":
             if scripted is not None:
                 (reply,) = scripted
-            return _json(reply)
-        events = scripted or stream_events(reply)
+            if fault.no_usage:
+                reply.pop("usageMetadata", None)
+            text = json.dumps(padded(reply, fault), indent=2)
+            if fault.reset_mid_body:
+                return reset_mid_body(text, "application/json", request.environ)
+            return Response(text, mimetype="application/json")
+        events = [] if fault.empty_stream else scripted or stream_events(reply)
+        if fault.no_usage:
+            events = [{k: v for k, v in e.items() if k != "usageMetadata"} for e in events]
+        if events:
+            events[0] = padded(events[0], fault)
         if request.args.get("alt") != "sse":  # without alt=sse Gemini streams one JSON array
             return Response(json.dumps(events), mimetype="application/json")
-        sse = self._sse(events, failure, request.environ.get("werkzeug.socket"))
+        sse = self._sse(events, fault, request.environ.get("werkzeug.socket"))
         return Response(sse, mimetype="text/event-stream")
 
     def _sse(
-        self,
-        events: list[dict[str, Any]],
-        failure: Failure | None,
-        connection: socket.socket | None,
+        self, events: list[dict[str, Any]], fault: Fault, connection: socket.socket | None
     ) -> Iterator[bytes]:
         finished = False
         try:
             for number, event in enumerate(events):
-                if failure and failure.after_events == number:
-                    finished = True
-                    if failure.drop and connection is not None:
+                if number == fault.error_event_after:
+                    yield _event(fault_body(fault))
+                    break
+                if number == fault.drop_after:
+                    if connection is not None:
                         connection.shutdown(socket.SHUT_RDWR)
-                    else:
-                        yield _event(failure.body())
-                    return
+                    break
+                if number == fault.end_after:
+                    break
+                if number == fault.malformed_after:
+                    yield b'data: {"candidates": [{"content": \r\n\r\n'
                 yield _event(event)
-                time.sleep(self.event_delay)
+                time.sleep(fault.chunk_pause)
             finished = True
         finally:
             if not finished:

@@ -11,7 +11,8 @@ or tool calls with ids ``call00001``, ``call00002``… for each tool the user na
 first tool when ``tool_choice`` is ``any``/``required``, or the tool it names. Streams go
 word by word and carry the usage in their last chunk, as Mistral's do. Tokens are words.
 
-Set on the fake (``reset`` clears them), what Mistral does less often: ``finish_reason``
+Faults queued on ``fake.script`` (``tests.upstreams.faults``) come in Mistral's error
+shapes. Set on the fake (``reset`` clears them), what Mistral does less often: ``finish_reason``
 ends every answer with that reason ("model_length", "error"); ``unindexed_tool_calls``
 streams each tool call in a delta of its own, without ``index``.
 """
@@ -27,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, Response, request
+
+from .faults import Fault, FaultScript, html_page, padded, reset_mid_body
 
 API_KEY = "mistral-test-key-0123456789abcdef"
 
@@ -60,6 +63,7 @@ class FakeMistral:
     headers: list[dict[str, str]] = field(default_factory=list)
     finish_reason: str | None = None
     unindexed_tool_calls: bool = False
+    script: FaultScript = field(default_factory=FaultScript)
     _calls: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -74,6 +78,7 @@ class FakeMistral:
         return app
 
     def reset(self) -> None:
+        self.script.clear()
         with self._lock:
             self.requests.clear()
             self.headers.clear()
@@ -82,9 +87,11 @@ class FakeMistral:
             self._calls = 0
 
     def _chat(self) -> Response:
-        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
-            return _json(401, {"message": "Unauthorized", "request_id": "0" * 32})
         body = request.get_json(force=True, silent=True)
+        fault = self.script.take(body.get("model") if isinstance(body, dict) else None)
+        fault.pause()
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return _json(401, _UNAUTHORIZED)
         with self._lock:
             self.requests.append(body)
             self.headers.append(dict(request.headers))
@@ -92,10 +99,26 @@ class FakeMistral:
             _check(body)
         except Refused as exc:
             return _json(exc.status, exc.body)
+        if fault.status and fault.error_event_after is None:
+            return _json(fault.status, _fault_error(fault), fault.retry_after_header())
+        if fault.content_type:
+            return html_page(fault)
+        streamed = bool(body.get("stream"))
+        if fault.raw is not None:
+            mimetype = "text/event-stream" if streamed else "application/json"
+            return Response(fault.raw, mimetype=mimetype)
         answer = self._answer(body)
-        if body.get("stream"):
-            return Response(answer.events(), mimetype="text/event-stream")
-        return _json(200, answer.completion())
+        if streamed:
+            events = iter(["data: [DONE]\n\n"]) if fault.empty_stream else answer.events(fault)
+            return Response(events, mimetype="text/event-stream")
+        completion = answer.completion()
+        if fault.no_usage:
+            del completion["usage"]
+        if fault.reset_mid_body:
+            return reset_mid_body(
+                json.dumps(padded(completion, fault)), "application/json", request.environ
+            )
+        return _json(200, padded(completion, fault))
 
     def _answer(self, body: dict[str, Any]) -> _Answer:
         last = body["messages"][-1]
@@ -170,7 +193,7 @@ class _Answer:
             "usage": self.usage(),
         }
 
-    def events(self) -> Iterator[str]:
+    def events(self, fault: Fault) -> Iterator[str]:
         deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
         if self.reasoning:
             deltas.append({"content": [_THINKING]})
@@ -182,9 +205,23 @@ class _Answer:
         elif self.calls:
             # Mistral sends each tool call whole, in one chunk.
             deltas.append({"content": "", "tool_calls": self.calls})
-        for delta in deltas:
+        padding = {"padding": "x" * fault.padding} if fault.padding else {}
+        yield self._chunk(deltas[0], None, **padding)
+        # Faults count the content deltas after the role's.
+        for sent, delta in enumerate(deltas[1:]):
+            if sent == fault.error_event_after:
+                yield f"data: {json.dumps(_fault_error(fault))}\n\n"
+                return
+            if sent == fault.drop_after:
+                raise ConnectionAbortedError("scripted connection drop")
+            if sent == fault.end_after:
+                return
+            if sent == fault.malformed_after:
+                yield 'data: {"id": "cmpl-fake", "choices": [{"delta": \n\n'
+            time.sleep(fault.chunk_pause)
             yield self._chunk(delta, None)
-        yield self._chunk({"content": ""}, self.finish_reason, usage=self.usage())
+        usage = {} if fault.no_usage else {"usage": self.usage()}
+        yield self._chunk({"content": ""}, self.finish_reason, **usage)
         yield "data: [DONE]\n\n"
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None, **extra: Any) -> str:
@@ -317,5 +354,23 @@ def _arguments(tool: dict[str, Any]) -> dict[str, Any]:
     return {name: "42" for name in schema.get("required", [])}
 
 
-def _json(status: int, body: dict[str, Any]) -> Response:
-    return Response(json.dumps(body), status=status, mimetype="application/json")
+def _fault_error(fault: Fault) -> dict[str, Any]:
+    """The error a fault stands for, in the shape Mistral gives that status."""
+    status = fault.status or 500
+    if status == 401:
+        return _UNAUTHORIZED
+    kind = fault.error_type or _ERROR_TYPES.get(status, "internal_server_error")
+    return _error(fault.message or f"scripted failure {status}", kind)
+
+
+_UNAUTHORIZED = {"message": "Unauthorized", "request_id": "0" * 32}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    404: "invalid_model",
+    429: "rate_limited",
+    503: "service_unavailable",
+}
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body), status=status, mimetype="application/json", headers=headers)

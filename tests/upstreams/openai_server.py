@@ -3,7 +3,7 @@
 It checks what OpenAI checks (bearer key, known fields, types and ranges, no
 ``max_tokens`` for reasoning models), answers deterministically ("You said: <last user
 text>", or tool calls when the tools ask for them), streams word by word, and obeys a
-per-request script of faults for tests.
+per-request script of faults for tests (``tests.upstreams.faults``).
 """
 
 from __future__ import annotations
@@ -12,14 +12,16 @@ import json
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, Response, request
 
+from .faults import Fault, FaultScript, html_page, padded, reset_mid_body
 from .loopback import LoopbackServer
+
+__all__ = ["FakeOpenAI", "Fault", "serve_fake_openai"]
 
 KNOWN_FIELDS = {
     "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
@@ -34,25 +36,10 @@ MAX_COMPLETION_TOKENS_ONLY = ("o1", "o3", "o4", "gpt-5")
 
 
 @dataclass
-class Fault:
-    """What the next request gets instead of a normal answer (all fields optional)."""
-
-    status: int | None = None  # answer with this error status
-    retry_after: float | None = None  # with a Retry-After header
-    delay: float = 0.0  # seconds before answering
-    error_event_after: int | None = None  # stream: an error event after N content chunks
-    drop_after: int | None = None  # stream: cut the connection after N content chunks
-    chunk_pause: float = 0.0  # stream: seconds between chunks
-    no_usage: bool = False  # leave usage out (body and stream)
-    empty_stream: bool = False  # stream: nothing but data: [DONE]
-    padding: int = 0  # add this many bytes to the answer (in an unknown field)
-
-
-@dataclass
 class FakeOpenAI:
     api_key: str = "sk-upstream-test-0123456789abcdef"
     extra_fields: set[str] = field(default_factory=set)
-    script: deque[Fault] = field(default_factory=deque)
+    script: FaultScript = field(default_factory=FaultScript)
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     answered: int = 0
@@ -75,11 +62,12 @@ class FakeOpenAI:
     # ------------------------------------------------------------------ handler
 
     def _chat(self) -> Response:
+        body = request.get_json(force=True, silent=True)
+        model = body.get("model") if isinstance(body, dict) else None
+        fault = self.script.take(model)
         with self._lock:
-            fault = self.script.popleft() if self.script else Fault()
             self.answered += 1
-        if fault.delay:
-            time.sleep(fault.delay)
+        fault.pause()
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             given = request.headers.get("Authorization", "").removeprefix("Bearer ")
             return _error(
@@ -88,20 +76,23 @@ class FakeOpenAI:
                 "invalid_request_error",
                 "invalid_api_key",
             )
-        body = request.get_json(force=True)
         self.requests.append(body)
         self.headers.append(dict(request.headers))
-        if fault.status:
-            headers = (
-                {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
-            )
-            kind = "rate_limit_exceeded" if fault.status == 429 else "server_error"
-            return _error(fault.status, f"scripted failure {fault.status}", kind, kind, headers)
+        if fault.status and fault.error_event_after is None:
+            kind = fault.error_type or _ERROR_TYPES.get(fault.status, "server_error")
+            message = fault.message or f"scripted failure {fault.status}"
+            return _error(fault.status, message, kind, kind, fault.retry_after_header())
         problem = self._invalid(body)
         if problem:
             return _error(400, problem, "invalid_request_error", None)
+        if fault.content_type:
+            return html_page(fault)
+        streamed = bool(body.get("stream"))
+        if fault.raw is not None:
+            mimetype = "text/event-stream" if streamed else "application/json"
+            return Response(fault.raw, mimetype=mimetype)
         answer = _Answer.for_request(body)
-        if body.get("stream"):
+        if streamed:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             events = (
                 iter(["data: [DONE]\n\n"])
@@ -109,10 +100,10 @@ class FakeOpenAI:
                 else answer.events(include_usage and not fault.no_usage, fault)
             )
             return Response(self._watched(events), mimetype="text/event-stream")
-        completion = answer.completion(not fault.no_usage)
-        if fault.padding:
-            completion["padding"] = "x" * fault.padding
-        return Response(json.dumps(completion), mimetype="application/json")
+        completion = json.dumps(padded(answer.completion(not fault.no_usage), fault))
+        if fault.reset_mid_body:
+            return reset_mid_body(completion, "application/json", request.environ)
+        return Response(completion, mimetype="application/json")
 
     def _watched(self, events: Iterator[str]) -> Iterator[str]:
         """``events``, recording whether the client stayed to the end."""
@@ -246,10 +237,12 @@ class _Answer:
                 payload.setdefault("usage", None)
             return "data: " + json.dumps(payload) + "\n\n"
 
-        def delta(d: dict[str, Any], finish: str | None = None) -> str:
-            return event([{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}])
+        def delta(d: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+            choice = {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}
+            return event([choice], **extra)
 
-        yield delta({"role": "assistant", "content": "", "refusal": None})
+        padding = {"padding": "x" * fault.padding} if fault.padding else {}
+        yield delta({"role": "assistant", "content": "", "refusal": None}, **padding)
         for index, call in enumerate(self.tool_calls):
             arguments = call["function"]["arguments"]
             yield delta(
@@ -276,24 +269,18 @@ class _Answer:
                     }
                 )
         for sent, word in enumerate(self.words):
-            if fault.error_event_after is not None and sent == fault.error_event_after:
-                yield (
-                    "data: "
-                    + json.dumps(
-                        {
-                            "error": {
-                                "message": "The server had an error while processing your request.",
-                                "type": "server_error",
-                                "param": None,
-                                "code": None,
-                            }
-                        }
-                    )
-                    + "\n\n"
-                )
+            if sent == fault.error_event_after:
+                message = fault.message or "The server had an error while processing your request."
+                error = {"message": message, "type": fault.error_type or "server_error"}
+                event_data = json.dumps({"error": {**error, "param": None, "code": None}})
+                yield f"data: {event_data}\n\n"
                 return
-            if fault.drop_after is not None and sent == fault.drop_after:
+            if sent == fault.drop_after:
                 raise ConnectionAbortedError("scripted connection drop")
+            if sent == fault.end_after:
+                return
+            if sent == fault.malformed_after:
+                yield 'data: {"id": "chatcmpl-broken", "choices": [{"delta": \n\n'
             if fault.chunk_pause:
                 time.sleep(fault.chunk_pause)
             yield delta({"content": word})
@@ -318,6 +305,14 @@ def _split(text: str) -> list[str]:
 def _arguments(tool: dict[str, Any]) -> dict[str, Any]:
     schema = tool.get("parameters") or {}
     return {name: "42" for name in schema.get("required", [])}
+
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    404: "invalid_request_error",
+    429: "rate_limit_exceeded",
+}
 
 
 def _error(
