@@ -2,23 +2,20 @@
 
 The stream counts what it hands over, hides the usage chunk from a client that did not
 ask for one, names the serving model, and reports how it ended: ``ok`` (the upstream
-finished), ``partial`` (closed early, or broke after some output) or ``failed`` (broke
-before any output).
+finished: a ``finish_reason`` came), ``partial`` (closed early, cut at the call's
+deadline, or broke or ended unfinished after some output) or ``failed`` (nothing came).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import LLMRouterError
+from .errors import LLMRouterError, UpstreamError, UpstreamTimeoutError
 from .providers.base import ChunkStream
 from .schemas import ChatCompletionChunk, Usage
-
-log = logging.getLogger("llmrouter")
 
 
 @dataclass(frozen=True)
@@ -36,6 +33,11 @@ class MeteredStream:
     released and what was delivered so far is billed. A client that asked for usage
     (``stream_options.include_usage``) gets it as OpenAI sends it, in a last chunk with no
     choices, whichever way the provider sent it (or an estimate when it sent none).
+
+    A stream that ends without any ``finish_reason`` was cut short upstream: it raises
+    ``UpstreamError`` at its end (over HTTP, an error event instead of ``[DONE]``) and is
+    billed ``partial``. Past ``deadline`` (a ``time.monotonic()`` value) the stream is
+    cut the same way, with ``UpstreamTimeoutError``.
     """
 
     def __init__(
@@ -46,12 +48,17 @@ class MeteredStream:
         include_usage: bool,
         estimate_usage: Callable[[int], Usage],
         on_end: Callable[[StreamEnd], None],
+        deadline: float | None = None,
+        on_dropped: Callable[[MeteredStream], None] | None = None,
     ) -> None:
         self._upstream = upstream
         self._model = model
         self._include_usage = include_usage
         self._estimate_usage = estimate_usage
         self._on_end = on_end
+        self._deadline = deadline
+        self._on_dropped = on_dropped
+        self._finished = False
         self._usage: Usage | None = None
         self._last: ChatCompletionChunk | None = None
         self._delivered = 0
@@ -63,8 +70,16 @@ class MeteredStream:
     def __next__(self) -> ChatCompletionChunk:
         while not self._ended:
             try:
+                if self._deadline is not None and time.monotonic() > self._deadline:
+                    raise UpstreamTimeoutError(
+                        "the stream was cut: the call passed max_call_seconds"
+                    )
                 chunk = next(self._upstream)
             except StopIteration:
+                if not self._finished:
+                    exc = UpstreamError(f"the stream of {self._model} ended before it finished")
+                    self._end("partial" if self._delivered else "failed", exc.message)
+                    raise exc from None
                 end = self._end("ok")
                 if self._include_usage and self._last is not None:
                     return self._usage_chunk(self._last, end.usage)
@@ -81,6 +96,7 @@ class MeteredStream:
                 if not chunk.choices:
                     continue
             chunk.model = self._model
+            self._finished = self._finished or any(c.finish_reason for c in chunk.choices)
             self._last = chunk
             self._delivered += _characters(chunk)
             return chunk
@@ -94,16 +110,11 @@ class MeteredStream:
     def __del__(self) -> None:
         # A stream dropped unclosed still frees its connection and settles. Not here:
         # the garbage collector may run this inside one of the store's transactions on
-        # the same thread, so the settlement goes to a thread of its own.
-        if not self._ended:
+        # the same thread, so the closing goes to the Router's settlement queue (flushed at
+        # interpreter exit; what it cannot write by then is left to the sweeper).
+        if not self._ended and self._on_dropped is not None:
             with contextlib.suppress(Exception):
-                threading.Thread(target=self._close_quietly, daemon=True).start()
-
-    def _close_quietly(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            log.exception("a stream dropped unclosed could not be settled")
+                self._on_dropped(self)
 
     def __enter__(self) -> MeteredStream:
         return self

@@ -40,6 +40,7 @@ from .schemas import (
     describe_validation_error,
     parse_chat_request,
 )
+from .settlement_queue import SettlementQueue
 from .store import (
     Admission,
     AdmissionKind,
@@ -47,12 +48,15 @@ from .store import (
     ProviderTotal,
     Settlement,
     Store,
+    SweptCall,
+    Ticket,
     UsageRow,
 )
 
 log = logging.getLogger("llmrouter")
-#: tries to write one call's settlement before it is logged as unsettled
-SETTLE_ATTEMPTS = 3
+#: how long past ``max_call_seconds`` a call's pending row waits before the sweeper may
+#: close it: time for its settlement to be written (and retried) after the call ended
+SETTLE_GRACE_SECONDS = 60.0
 
 
 @dataclass
@@ -83,10 +87,12 @@ class Router:
         self.quota = QuotaPolicy(settings.quota)
         self.adapters = _build_adapters(settings)
         self.dispatcher = Dispatcher(self.adapters, sleep=sleep)
-        self._sleep = sleep
-        self.store = store or Store(settings.database_url)
+        self.store = store or Store(
+            settings.database_url, timeout=settings.database_timeout_seconds
+        )
         self.keys = KeyAuthenticator(self.store, ttl_seconds=settings.key_cache_seconds)
         self._clock = clock
+        self._settlements = SettlementQueue()
         self.store.ensure_providers(list(self.adapters))
 
     @classmethod
@@ -101,6 +107,9 @@ class Router:
             raise exc.at(source_label(source)) from None
 
     def close(self) -> None:
+        """Release connections; settlements still waiting for the database get a few
+        seconds, then are left to the sweeper."""
+        self._settlements.close()
         for adapter in self.adapters.values():
             adapter.close()
         self.store.close()
@@ -130,40 +139,49 @@ class Router:
         reserve = max(reservation_nanos(request, t.model) for t in targets)
         admission = self._admit(key, target, reserve)
         rate_limit = self.quota.check(admission, needed_nanos=reserve)
+        ticket = admission.ticket
+        assert ticket is not None  # quota.check raised for a request not admitted
         if admission.kind is not AdmissionKind.CREDITS:
             # Only a paid call may be served by a premium model, a fallback included (the
             # primary is never premium here: premium is paid for or refused at admission).
             targets = [t for t in targets if not t.model.premium]
-        request_id = "chatcmpl-" + uuid.uuid4().hex
+        deadline = time.monotonic() + self.settings.max_call_seconds
         try:
             if request.stream:
-                upstream, served = self.dispatcher.stream(request, targets)
+                upstream, served = self.dispatcher.stream(request, targets, deadline=deadline)
             else:
-                completion, served = self.dispatcher.chat(request, targets)
+                completion, served = self.dispatcher.chat(request, targets, deadline=deadline)
         except BaseException as exc:
-            self._dispatch_failed(request_id, targets[0], admission, exc)
+            self._dispatch_failed(ticket, targets[0], exc)
             if isinstance(exc, LLMRouterError):
                 exc.headers = {**rate_limit.headers(), **exc.headers}
             raise
         if request.stream:
             return ChatResult(
-                self._metered(request, request_id, upstream, served, admission),
+                self._metered(request, ticket, upstream, served, deadline),
                 rate_limit,
                 served.provider,
             )
         usage, estimated = usage_or_estimate(request, completion)
-        self._settle(request_id, served, admission, "ok", usage, estimated)
+        self._settle(ticket, served, "ok", usage, estimated)
         completion.model = served.public_id
         return ChatResult(completion, rate_limit, served.provider)
 
     def _admit(self, key: KeyRecord, target: Target, reserve: int) -> Admission:
+        now = self._now_ms()
+        lifetime = self.settings.max_call_seconds + SETTLE_GRACE_SECONDS
         try:
             return self.store.admit(
                 key.id,
-                now=self._now_ms(),
+                request_id="chatcmpl-" + uuid.uuid4().hex,
+                now=now,
+                deadline_at=now + int(lifetime * 1000),
                 defaults=self.quota.defaults,
                 reserve_nanos=reserve,
                 premium=target.model.premium,
+                provider=target.provider,
+                model=target.public_id,
+                upstream_model=target.upstream_model,
             )
         except NotFoundError:
             # Revoked by another process while this one still had the key cached.
@@ -173,15 +191,13 @@ class Router:
     def _metered(
         self,
         request: ChatRequest,
-        request_id: str,
+        ticket: Ticket,
         upstream: ChunkStream,
         served: Target,
-        admission: Admission,
+        deadline: float,
     ) -> MeteredStream:
         def on_end(end: StreamEnd) -> None:
-            self._settle(
-                request_id, served, admission, end.status, end.usage, end.usage_estimated, end.error
-            )
+            self._settle(ticket, served, end.status, end.usage, end.usage_estimated, end.error)
 
         return MeteredStream(
             upstream,
@@ -189,26 +205,25 @@ class Router:
             include_usage=bool(request.stream_options and request.stream_options.include_usage),
             estimate_usage=lambda delivered: estimate_usage(request, delivered),
             on_end=on_end,
+            deadline=deadline,
+            on_dropped=lambda stream: self._settlements.submit(stream.close, "a dropped stream"),
         )
 
-    def _dispatch_failed(
-        self, request_id: str, target: Target, admission: Admission, exc: BaseException
-    ) -> None:
+    def _dispatch_failed(self, ticket: Ticket, target: Target, exc: BaseException) -> None:
         """Account for a request no provider served: a failed call in the ledger, or, when
         no provider could even take the request, no call at all."""
         if isinstance(exc, InvalidRequestError) or (
             isinstance(exc, UpstreamError) and not exc.is_call
         ):
-            self.store.release(admission)
+            self._write(lambda: self.store.release(ticket), f"release of {ticket.request_id}")
             return
         message = exc.message if isinstance(exc, LLMRouterError) else type(exc).__name__
-        self._settle(request_id, target, admission, "failed", Usage(), False, message)
+        self._settle(ticket, target, "failed", Usage(), False, message)
 
     def _settle(
         self,
-        request_id: str,
+        ticket: Ticket,
         served: Target,
-        admission: Admission,
         status: str,
         usage: Usage,
         estimated: bool,
@@ -218,8 +233,7 @@ class Router:
             usage, estimated = Usage(), False
         cost = Prices.of(served.model).cost_nanos(usage.prompt_tokens, usage.completion_tokens)
         settlement = Settlement(
-            request_id=request_id,
-            admission=admission,
+            ticket=ticket,
             provider=served.provider,
             model=served.public_id,
             upstream_model=served.upstream_model,
@@ -231,17 +245,37 @@ class Router:
             finished_at=self._now_ms(),
             error=error,
         )
-        # Settling is idempotent per request id, so a database hiccup is simply retried;
-        # a call that still cannot be written is logged whole, for reconciliation.
-        for attempt in range(SETTLE_ATTEMPTS):
-            try:
-                self.store.settle(settlement)
-                return
-            except StoreUnavailableError:
-                if attempt == SETTLE_ATTEMPTS - 1:
-                    log.error("unsettled call: %r", settlement)
-                    raise
-                self._sleep(0.05 * 2**attempt)
+        self._write(lambda: self._settle_once(settlement), f"settlement of {ticket.request_id}")
+
+    def _settle_once(self, settlement: Settlement) -> None:
+        if not self.store.settle(settlement):
+            # Swept (or settled) already: the ticket completes once; this one changes nothing.
+            log.warning(
+                "late settlement of %s ignored: its ticket was already closed (%s, cost %d "
+                "nano-USD unbilled)",
+                settlement.request_id,
+                settlement.status,
+                settlement.cost_nanos,
+            )
+
+    def _write(self, write: Callable[[], object], what: str) -> None:
+        """Write now, or, while the database is unavailable, in the background until it is
+        back (the caller is answered either way; the pending row holds the money)."""
+        try:
+            write()
+        except StoreUnavailableError:
+            log.warning("%s deferred: the database is unavailable", what)
+            self._settlements.submit(write, what)
+
+    def sweep(self, *, older_than: float | None = None) -> list[SweptCall]:
+        """Close the calls left ``pending`` past their deadline (``max_call_seconds`` plus
+        ``SETTLE_GRACE_SECONDS`` after admission) as ``abandoned``: their reservations are
+        released, their allowance units stay used. ``older_than`` (seconds) instead takes
+        every pending call admitted that long ago or more, e.g. ``0`` after a crash when
+        no process is serving."""
+        now = self._now_ms()
+        before = None if older_than is None else now - int(older_than * 1000) + 1
+        return self.store.sweep(now=now, started_before=before)
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)

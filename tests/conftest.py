@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,8 @@ from flask import Flask
 
 from flask_ext import LLMRouter
 from llmrouter import Router
+from llmrouter.store.engine import create_engine_for
+from llmrouter.store.tables import metadata
 from tests.upstreams.loopback import LoopbackServer
 from tests.upstreams.openai_server import FakeOpenAI
 
@@ -116,6 +119,28 @@ def live_api(router: Router) -> Iterator[str]:
     LLMRouter(app, router=router)
     with LoopbackServer(app) as server:
         yield server.url
+
+
+_fresh_schemas: set[str] = set()
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The backend under test (parametrize with ``database_urls()``, indirect): a SQLite
+    file of this test, or a server named by the environment. A server's llmrouter tables
+    are dropped once per session, so they always have this version's shape; each test
+    then works with keys and providers of its own, never rows another test left."""
+    url = request.param
+    if url == "sqlite-file":
+        return f"sqlite:///{tmp_path}/store.db"
+    if url not in _fresh_schemas:
+        engine = create_engine_for(url)
+        try:
+            metadata.drop_all(engine)
+        finally:
+            engine.dispose()
+        _fresh_schemas.add(url)
+    return url
 
 
 def database_urls() -> list[Any]:

@@ -12,7 +12,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -151,12 +150,6 @@ def workers() -> Iterator[Workers]:
     pool = Workers()
     yield pool
     pool.close()
-
-
-@pytest.fixture
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    url = request.param
-    return f"sqlite:///{tmp_path}/store.db" if url == "sqlite-file" else url
 
 
 def echo_config(database_url: str) -> dict[str, Any]:

@@ -127,13 +127,6 @@ class Gateway:
         return total.requests, total.prompt_tokens, total.completion_tokens, total.cost_nanos
 
 
-@pytest.fixture
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The backend under test: a SQLite file of this test, or a server named by the env."""
-    url = request.param
-    return f"sqlite:///{tmp_path}/store.db" if url == "sqlite-file" else url
-
-
 @pytest.fixture(scope="module")
 def refused_port() -> Iterator[int]:
     """A loopback port that is bound but not listening: connecting to it is refused."""
@@ -436,15 +429,20 @@ class TestStoreMatrix:
         def settle_twice(status: str, cost: int) -> tuple[bool, bool]:
             admission = store.admit(
                 key.id,
+                request_id="chatcmpl-" + secrets.token_hex(16),
                 now=now,
+                deadline_at=now + 60_000,
                 defaults=gateway.router.quota.defaults,
                 reserve_nanos=5_000,
                 premium=False,
+                provider=gateway.echo,
+                model=gateway.basic,
+                upstream_model="basic",
             )
             assert (admission.kind, admission.reserved_nanos) == (AdmissionKind.CREDITS, 5_000)
+            assert admission.ticket is not None
             settlement = Settlement(
-                request_id="chatcmpl-" + secrets.token_hex(16),
-                admission=admission,
+                ticket=admission.ticket,
                 provider=gateway.echo,
                 model=gateway.basic,
                 upstream_model="basic",
@@ -490,7 +488,7 @@ class TestStoreMatrix:
             return {
                 "key_id": key.id, "date": day, "provider": model.partition("#")[0], "model": model,
                 "requests": calls, "prompt_tokens": tokens[0], "completion_tokens": tokens[1],
-                "cost": cost, "failed": 0, "charged": "0", **more,
+                "cost": cost, "failed": 0, "abandoned": 0, "charged": "0", **more,
             }  # fmt: skip
 
         assert report(gateway.router.usage(key_id=key.id)) == {

@@ -7,6 +7,8 @@ from .records import (
     ProviderTotal,
     QuotaDefaults,
     Settlement,
+    SweptCall,
+    Ticket,
     UsageRow,
 )
 from .store import SECRET_PREFIX, Store, hash_secret
@@ -20,6 +22,8 @@ __all__ = [
     "QuotaDefaults",
     "Settlement",
     "Store",
+    "SweptCall",
+    "Ticket",
     "UsageRow",
     "hash_secret",
 ]

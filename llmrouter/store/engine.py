@@ -1,8 +1,14 @@
 """The SQLAlchemy engine for a database URL, set up for each backend's concurrency:
-SQLite in WAL mode with writer transactions, MariaDB/MySQL with left-to-right SET."""
+SQLite in WAL mode with writer transactions, MariaDB/MySQL with left-to-right SET.
+
+Every backend gets a bound on how long one operation may wait (``timeout``: connecting,
+a statement, a lock, a free pooled connection), so a database that stops answering
+becomes ``StoreUnavailableError`` within seconds instead of a hung request.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from sqlalchemy import Connection, create_engine, event
@@ -21,7 +27,7 @@ def is_sqlite_memory(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:")
 
 
-def create_engine_for(database_url: str) -> Engine:
+def create_engine_for(database_url: str, *, timeout: float = 5.0) -> Engine:
     try:
         url = make_url(database_url)
     except SQLAlchemyError as exc:
@@ -29,12 +35,22 @@ def create_engine_for(database_url: str) -> Engine:
     backend = url.get_backend_name()
     try:
         if backend == "sqlite":
-            return _sqlite_engine(url)
+            return _sqlite_engine(url, timeout)
+        pooled: dict[str, Any] = {"pool_pre_ping": True, "pool_timeout": timeout}
         if backend in ("mysql", "mariadb"):
-            engine = create_engine(url, pool_pre_ping=True, pool_recycle=3600)
+            engine = create_engine(
+                url,
+                pool_recycle=3600,
+                connect_args=_mysql_timeouts(url.drivername, timeout),
+                **pooled,
+            )
             event.listen(engine, "connect", _mysql_left_to_right)
             return engine
-        return create_engine(url, pool_pre_ping=True)
+        if backend == "postgresql":
+            return create_engine(
+                url, connect_args=_postgres_timeouts(url.drivername, timeout), **pooled
+            )
+        return create_engine(url, **pooled)
     except NoSuchModuleError:
         raise ConfigError(
             f"no database driver for '{url.drivername}' in '{url.render_as_string()}'",
@@ -50,11 +66,37 @@ def create_engine_for(database_url: str) -> Engine:
         ) from None
 
 
-def _sqlite_engine(url: Any) -> Engine:
+def _postgres_timeouts(driver: str, timeout: float) -> dict[str, Any]:
+    """libpq's: connecting, each statement and lock wait (server side), and unacknowledged
+    packets (a peer that vanished); other drivers keep their own defaults."""
+    if driver not in ("postgresql", "postgresql+psycopg", "postgresql+psycopg2"):
+        return {}
+    ms = int(timeout * 1000)
+    return {
+        "connect_timeout": max(1, math.ceil(timeout)),
+        "options": f"-c statement_timeout={ms} -c lock_timeout={ms}",
+        "keepalives": 1,
+        "keepalives_idle": max(1, math.ceil(timeout)),
+        "keepalives_interval": 1,
+        "keepalives_count": 3,
+        "tcp_user_timeout": ms,
+    }
+
+
+def _mysql_timeouts(driver: str, timeout: float) -> dict[str, Any]:
+    """PyMySQL's socket timeouts: connecting, and every read and write of a statement."""
+    if driver not in ("mysql+pymysql", "mariadb+pymysql"):
+        return {}
+    seconds = max(1, math.ceil(timeout))
+    return {"connect_timeout": seconds, "read_timeout": seconds, "write_timeout": seconds}
+
+
+def _sqlite_engine(url: Any, timeout: float) -> Engine:
     memory = url.database in (None, "", ":memory:")
     engine = create_engine(
         url,
-        connect_args={"check_same_thread": False, "timeout": 30},
+        # timeout: how long a writer waits for another's lock before giving up
+        connect_args={"check_same_thread": False, "timeout": timeout},
         poolclass=StaticPool if memory else None,
     )
 

@@ -54,8 +54,27 @@ class QuotaDefaults:
 
 
 @dataclass(frozen=True)
+class Ticket:
+    """An admitted request in flight, as its ``pending`` ledger row records it: what the
+    admission took, so that exactly one settlement, release or sweep can account for it,
+    in whichever process."""
+
+    request_id: str
+    key_id: str
+    kind: AdmissionKind
+    at: int
+    day: int
+    reserved_nanos: int
+    #: the key's ``next_slot_at`` as this admission set it (a throttle slot's release)
+    slot_at: int
+    #: past this (Unix ms) the sweeper may close the row as abandoned
+    deadline_at: int
+
+
+@dataclass(frozen=True)
 class Admission:
-    """What the admission statement decided, and the key's quota state right after it."""
+    """What the admission statement decided, and the key's quota state right after it;
+    ``ticket`` is set when the request was admitted."""
 
     key_id: str
     kind: AdmissionKind
@@ -68,14 +87,14 @@ class Admission:
     minute_count: int
     requests_per_minute: int | None
     balance_nanos: int
+    ticket: Ticket | None = None
 
 
 @dataclass(frozen=True)
 class Settlement:
-    """One finished call, as it goes into the ledger."""
+    """One finished call, as it completes its ticket's ledger row."""
 
-    request_id: str
-    admission: Admission
+    ticket: Ticket
     provider: str
     model: str
     upstream_model: str
@@ -88,11 +107,26 @@ class Settlement:
     error: str | None = None
 
     @property
+    def request_id(self) -> str:
+        return self.ticket.request_id
+
+    @property
     def charged_nanos(self) -> int:
         """What the key pays: only credit-paid calls, never more than was reserved."""
-        if self.admission.kind is not AdmissionKind.CREDITS:
+        if self.ticket.kind is not AdmissionKind.CREDITS or self.status == "failed":
             return 0
-        return min(self.cost_nanos, self.admission.reserved_nanos)
+        return min(self.cost_nanos, self.ticket.reserved_nanos)
+
+
+@dataclass(frozen=True)
+class SweptCall:
+    """A ``pending`` row the sweeper closed as ``abandoned``."""
+
+    request_id: str
+    key_id: str
+    admission: str
+    started_at: int
+    released_nanos: int
 
 
 @dataclass(frozen=True)
@@ -103,6 +137,7 @@ class UsageRow:
     model: str
     requests: int
     failed: int
+    abandoned: int
     prompt_tokens: int
     completion_tokens: int
     cost_nanos: int

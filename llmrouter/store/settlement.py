@@ -1,19 +1,58 @@
-"""The statements that settle a call, built once and bound per call (the request path).
+"""The statements of a call's ticket — opened pending, completed, released or swept —
+built once and bound per call (the request path).
 
 Bind names carry a prefix because SQLAlchemy reserves a column's own name in SET clauses.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import bindparam, delete, insert, update
 
 from .tables import api_keys, ledger, provider_totals
 
 _k = api_keys.c
+_l = ledger.c
 _t = provider_totals.c
 _key = _k.id == bindparam("s_key")
+_pending = _l.status == "pending"
 
-LEDGER_INSERT = insert(ledger)
+TICKET_INSERT = insert(ledger)
+
+# Completes the ticket's row, only while it is still pending: whoever completes it first
+# (the call's own settlement, a retry of it, or the sweeper) is the only one to move money.
+TICKET_COMPLETE = (
+    update(ledger)
+    .where(_l.request_id == bindparam("l_request_id"), _pending)
+    .values(
+        provider=bindparam("l_provider"),
+        model=bindparam("l_model"),
+        upstream_model=bindparam("l_upstream_model"),
+        status=bindparam("l_status"),
+        prompt_tokens=bindparam("l_prompt_tokens"),
+        completion_tokens=bindparam("l_completion_tokens"),
+        usage_estimated=bindparam("l_usage_estimated"),
+        cost_nanos=bindparam("l_cost_nanos"),
+        charged_nanos=bindparam("l_charged_nanos"),
+        day=bindparam("l_day"),
+        finished_at=bindparam("l_finished_at"),
+        error=bindparam("l_error"),
+        deadline_at=None,
+    )
+)
+
+# A request that never became a call (no provider could carry it) leaves no row.
+TICKET_DELETE = delete(ledger).where(_l.request_id == bindparam("l_request_id"), _pending)
+
+TICKET_ABANDON = (
+    update(ledger)
+    .where(_l.id == bindparam("l_id"), _pending)
+    .values(
+        status="abandoned",
+        finished_at=bindparam("l_finished_at"),
+        error=bindparam("l_error"),
+        deadline_at=None,
+    )
+)
 
 CHARGE = (
     update(api_keys)

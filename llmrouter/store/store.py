@@ -20,10 +20,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import (
-    IntegrityError,
-    OperationalError,
-)
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ..billing import MAX_BALANCE_NANOS, nanos_to_usd
 from ..errors import InvalidRequestError, NotFoundError, StoreUnavailableError
@@ -37,11 +34,18 @@ from .records import (
     ProviderTotal,
     QuotaDefaults,
     Settlement,
+    SweptCall,
+    Ticket,
     UsageRow,
 )
 from .tables import api_keys, ledger, metadata, provider_totals, top_ups
 
 SECRET_PREFIX = "sk-llmr-"
+#: the ``error`` of a row the sweeper closed
+ABANDONED_REASON = (
+    "abandoned: not settled by its deadline (the serving process died, or lost the "
+    "database); the reservation was released, the allowance unit stays used"
+)
 _k = api_keys.c
 
 
@@ -53,8 +57,10 @@ def hash_secret(secret: str) -> str:
 class Store:
     """One SQL database (SQLite, PostgreSQL, MariaDB/MySQL) holding keys, quotas and money."""
 
-    def __init__(self, database_url: str, *, engine: Engine | None = None) -> None:
-        self.engine = engine or create_engine_for(database_url)
+    def __init__(
+        self, database_url: str, *, engine: Engine | None = None, timeout: float = 5.0
+    ) -> None:
+        self.engine = engine or create_engine_for(database_url, timeout=timeout)
         dialect = self.engine.dialect
         self._left_to_right = dialect.name in ("mysql", "mariadb")
         self._returning = bool(dialect.update_returning)
@@ -207,12 +213,19 @@ class Store:
         self,
         key_id: str,
         *,
+        request_id: str,
         now: int,
+        deadline_at: int,
         defaults: QuotaDefaults,
         reserve_nanos: int,
         premium: bool,
+        provider: str,
+        model: str,
+        upstream_model: str,
     ) -> Admission:
-        """Decide and record, in one atomic statement, whether this key may make a call."""
+        """Decide and record, in one atomic statement, whether this key may make a call;
+        an admitted call's ticket (its ``pending`` ledger row) is written in the same
+        transaction, so nothing the admission takes is ever held without a row."""
         day, minute = now // 86_400_000, now // 60_000
         params: dict[str, Any] = {
             "key_id": key_id,
@@ -225,118 +238,186 @@ class Store:
             "default_rpm": defaults.requests_per_minute or UNLIMITED,
         }
         statement = self._admit[premium]
+        ticket = None
         with self.transaction() as conn:
             if self._returning:
                 row = conn.execute(statement, params).first()
             else:
                 changed = conn.execute(statement, params).rowcount
                 row = conn.execute(_ADMISSION_READBACK, params).first() if changed else None
-        if row is None:
-            raise NotFoundError(f"no active API key with id '{key_id}'", param="key_id")
-        kind = AdmissionKind(row.last_admission)
+            if row is None:
+                raise NotFoundError(f"no active API key with id '{key_id}'", param="key_id")
+            kind = AdmissionKind(row.last_admission)
+            if kind.admitted:
+                ticket = Ticket(
+                    request_id=request_id,
+                    key_id=key_id,
+                    kind=kind,
+                    at=now,
+                    day=day,
+                    reserved_nanos=reserve_nanos if kind is AdmissionKind.CREDITS else 0,
+                    slot_at=row.next_slot_at,
+                    deadline_at=deadline_at,
+                )
+                conn.execute(
+                    settlement_sql.TICKET_INSERT,
+                    _pending_row(ticket, provider, model, upstream_model),
+                )
         return Admission(
             key_id=key_id,
             kind=kind,
             at=now,
             day=day,
-            reserved_nanos=reserve_nanos if kind is AdmissionKind.CREDITS else 0,
+            reserved_nanos=ticket.reserved_nanos if ticket else 0,
             daily_limit=row.daily_limit,
             day_count=row.day_count,
             next_slot_at=row.next_slot_at,
             minute_count=row.minute_count,
             requests_per_minute=None if row.rpm == UNLIMITED else row.rpm,
             balance_nanos=row.balance_nanos,
+            ticket=ticket,
         )
 
     def settle(self, settlement: Settlement) -> bool:
-        """Write the call's ledger row and move its money, in one transaction.
+        """Complete the call's ticket row and move its money, in one transaction.
 
         A failed call hands back what its admission took (allowance, throttle slot,
-        reservation). Settling the same request id twice changes nothing: returns False.
+        reservation). A ticket already completed (settled before, or swept) changes
+        nothing: returns False.
         """
-        admission = settlement.admission
+        ticket = settlement.ticket
         charged = settlement.charged_nanos
-        try:
-            with self.transaction() as conn:
+        with self.transaction() as conn:
+            if ticket.reserved_nanos or settlement.status == "failed":
+                _lock_key_first(conn, ticket.key_id)
+            completed = conn.execute(
+                settlement_sql.TICKET_COMPLETE,
+                {
+                    "l_request_id": ticket.request_id,
+                    "l_provider": settlement.provider,
+                    "l_model": settlement.model,
+                    "l_upstream_model": settlement.upstream_model,
+                    "l_status": settlement.status,
+                    "l_prompt_tokens": settlement.prompt_tokens,
+                    "l_completion_tokens": settlement.completion_tokens,
+                    "l_usage_estimated": settlement.usage_estimated,
+                    "l_cost_nanos": settlement.cost_nanos,
+                    "l_charged_nanos": charged,
+                    "l_day": settlement.finished_at // 86_400_000,
+                    "l_finished_at": settlement.finished_at,
+                    "l_error": settlement.error[:500] if settlement.error else None,
+                },
+            ).rowcount
+            if not completed:
+                return False
+            if settlement.status == "failed":
+                self._release(conn, ticket)
+            elif ticket.reserved_nanos:
                 conn.execute(
-                    settlement_sql.LEDGER_INSERT,
+                    settlement_sql.CHARGE,
                     {
-                        "request_id": settlement.request_id,
-                        "key_id": admission.key_id,
-                        "provider": settlement.provider,
-                        "model": settlement.model,
-                        "upstream_model": settlement.upstream_model,
-                        "admission": admission.kind.label,
-                        "status": settlement.status,
-                        "prompt_tokens": settlement.prompt_tokens,
-                        "completion_tokens": settlement.completion_tokens,
-                        "usage_estimated": settlement.usage_estimated,
-                        "cost_nanos": settlement.cost_nanos,
-                        "charged_nanos": charged,
-                        "day": settlement.finished_at // 86_400_000,
-                        "started_at": admission.at,
-                        "finished_at": settlement.finished_at,
-                        "error": settlement.error[:500] if settlement.error else None,
+                        "s_key": ticket.key_id,
+                        "s_refund": ticket.reserved_nanos - charged,
+                        "s_charged": charged,
                     },
                 )
-                if settlement.status == "failed":
-                    self._release(conn, admission)
-                elif admission.reserved_nanos:
-                    conn.execute(
-                        settlement_sql.CHARGE,
-                        {
-                            "s_key": admission.key_id,
-                            "s_refund": admission.reserved_nanos - charged,
-                            "s_charged": charged,
-                        },
-                    )
-                self._add_provider_total(conn, settlement)
-        except IntegrityError:
-            if not self._settled(settlement.request_id):
-                raise
-            return False
+            self._add_provider_total(
+                conn,
+                settlement.provider,
+                settlement.prompt_tokens,
+                settlement.completion_tokens,
+                settlement.cost_nanos,
+            )
         return True
 
-    def _settled(self, request_id: str) -> bool:
-        with self.transaction(read_only=True) as conn:
-            found = conn.execute(
-                select(ledger.c.id).where(ledger.c.request_id == request_id)
-            ).first()
-        return found is not None
-
-    def release(self, admission: Admission) -> None:
-        """Hand back an admission whose request never became a call (no ledger row)."""
+    def release(self, ticket: Ticket) -> bool:
+        """Hand back an admission whose request never became a call: its row goes, and what
+        it took comes back. A ticket already completed changes nothing: returns False."""
         with self.transaction() as conn:
-            self._release(conn, admission)
+            _lock_key_first(conn, ticket.key_id)
+            deleted = conn.execute(
+                settlement_sql.TICKET_DELETE, {"l_request_id": ticket.request_id}
+            ).rowcount
+            if deleted:
+                self._release(conn, ticket)
+        return bool(deleted)
 
-    def _release(self, conn: Connection, admission: Admission) -> None:
+    def _release(self, conn: Connection, ticket: Ticket) -> None:
         """Give back what a call that produced nothing took at admission."""
         statement = {
             AdmissionKind.ALLOWANCE: settlement_sql.RELEASE_ALLOWANCE,
             AdmissionKind.CREDITS: settlement_sql.RELEASE_CREDITS,
             AdmissionKind.THROTTLE_SLOT: settlement_sql.RELEASE_THROTTLE_SLOT,
-        }[admission.kind]
+        }[ticket.kind]
         conn.execute(
             statement,
             {
-                "s_key": admission.key_id,
-                "s_day": admission.day,
-                "s_reserved": admission.reserved_nanos,
-                "s_slot": admission.next_slot_at,
-                "s_at": admission.at,
+                "s_key": ticket.key_id,
+                "s_day": ticket.day,
+                "s_reserved": ticket.reserved_nanos,
+                "s_slot": ticket.slot_at,
+                "s_at": ticket.at,
             },
         )
 
-    def _add_provider_total(self, conn: Connection, settlement: Settlement) -> None:
+    def sweep(self, *, now: int, started_before: int | None = None) -> list[SweptCall]:
+        """Close the ``pending`` rows past their deadline (or, given ``started_before``,
+        every one admitted before it) as ``abandoned``: the reservation is released; the
+        allowance unit and throttle slot stay used, since the upstream may have served the
+        call; the row keeps cost 0 and says why. Each row in its own transaction, and only
+        while still pending, so a settlement racing the sweep wins or loses whole."""
+        c = ledger.c
+        due = c.deadline_at <= now if started_before is None else c.started_at < started_before
+        with self.transaction(read_only=True) as conn:
+            rows = conn.execute(
+                select(
+                    c.id,
+                    c.request_id,
+                    c.key_id,
+                    c.admission,
+                    c.started_at,
+                    c.reserved_nanos,
+                    c.provider,
+                )
+                .where(c.status == "pending", due)
+                .order_by(c.id)
+            ).all()
+        swept = []
+        for row in rows:
+            with self.transaction() as conn:
+                if row.reserved_nanos:
+                    _lock_key_first(conn, row.key_id)
+                abandoned = conn.execute(
+                    settlement_sql.TICKET_ABANDON,
+                    {"l_id": row.id, "l_finished_at": now, "l_error": ABANDONED_REASON},
+                ).rowcount
+                if not abandoned:
+                    continue
+                if row.reserved_nanos:
+                    conn.execute(
+                        settlement_sql.RELEASE_CREDITS,
+                        {"s_key": row.key_id, "s_reserved": row.reserved_nanos},
+                    )
+                self._add_provider_total(conn, row.provider, 0, 0, 0)
+            swept.append(
+                SweptCall(
+                    row.request_id, row.key_id, row.admission, row.started_at, row.reserved_nanos
+                )
+            )
+        return swept
+
+    def _add_provider_total(
+        self, conn: Connection, provider: str, prompt: int, completion: int, cost: int
+    ) -> None:
         params = {
-            "t_provider": settlement.provider,
-            "t_prompt": settlement.prompt_tokens,
-            "t_completion": settlement.completion_tokens,
-            "t_cost": settlement.cost_nanos,
+            "t_provider": provider,
+            "t_prompt": prompt,
+            "t_completion": completion,
+            "t_cost": cost,
         }
         if not conn.execute(settlement_sql.ADD_PROVIDER_TOTAL, params).rowcount:
             # A provider this database has not seen (its row is made at startup, so rarely).
-            _create_provider_row(conn, settlement.provider)
+            _create_provider_row(conn, provider)
             conn.execute(settlement_sql.ADD_PROVIDER_TOTAL, params)
 
     def ensure_providers(self, names: list[str]) -> None:
@@ -358,18 +439,24 @@ class Store:
         """Calls, tokens, cost and charges per key, day, provider and model."""
         c = ledger.c
         failed = func.sum(func.cast(c.status == "failed", ledger.c.prompt_tokens.type))
-        query = select(
-            c.key_id,
-            c.day,
-            c.provider,
-            c.model,
-            func.count().label("requests"),
-            failed.label("failed"),
-            func.sum(c.prompt_tokens).label("prompt_tokens"),
-            func.sum(c.completion_tokens).label("completion_tokens"),
-            func.sum(c.cost_nanos).label("cost_nanos"),
-            func.sum(c.charged_nanos).label("charged_nanos"),
-        ).group_by(c.key_id, c.day, c.provider, c.model)
+        abandoned = func.sum(func.cast(c.status == "abandoned", ledger.c.prompt_tokens.type))
+        query = (
+            select(
+                c.key_id,
+                c.day,
+                c.provider,
+                c.model,
+                func.count().label("requests"),
+                failed.label("failed"),
+                abandoned.label("abandoned"),
+                func.sum(c.prompt_tokens).label("prompt_tokens"),
+                func.sum(c.completion_tokens).label("completion_tokens"),
+                func.sum(c.cost_nanos).label("cost_nanos"),
+                func.sum(c.charged_nanos).label("charged_nanos"),
+            )
+            .where(c.status != "pending")
+            .group_by(c.key_id, c.day, c.provider, c.model)
+        )
         if key_id is not None:
             query = query.where(c.key_id == key_id)
         if since_day is not None:
@@ -387,6 +474,7 @@ class Store:
                 model=r.model,
                 requests=int(r.requests),
                 failed=int(r.failed or 0),
+                abandoned=int(r.abandoned or 0),
                 prompt_tokens=int(r.prompt_tokens or 0),
                 completion_tokens=int(r.completion_tokens or 0),
                 cost_nanos=int(r.cost_nanos or 0),
@@ -447,3 +535,38 @@ def _key_record(row: Any) -> KeyRecord:
         throttle_seconds=row.throttle_seconds,
         requests_per_minute=row.requests_per_minute,
     )
+
+
+def _lock_key_first(conn: Connection, key_id: str) -> None:
+    """Take the key's row lock before touching its ledger row, in the order the admission
+    takes them (key, then ledger): InnoDB's gap locks otherwise deadlock a settlement
+    against a concurrent admission of the same key. (SQLite writers are serial already.)"""
+    conn.execute(_LOCK_KEY, {"key_id": key_id})
+
+
+_LOCK_KEY = select(_k.id).where(_k.id == bindparam("key_id")).with_for_update()
+
+
+def _pending_row(ticket: Ticket, provider: str, model: str, upstream_model: str) -> dict[str, Any]:
+    """The ledger row an admitted call holds until it is settled, released or swept."""
+    return {
+        "request_id": ticket.request_id,
+        "key_id": ticket.key_id,
+        "provider": provider,
+        "model": model,
+        "upstream_model": upstream_model,
+        "admission": ticket.kind.label,
+        "status": "pending",
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "usage_estimated": False,
+        "cost_nanos": 0,
+        "charged_nanos": 0,
+        "day": ticket.day,
+        "started_at": ticket.at,
+        "finished_at": None,
+        "error": None,
+        "reserved_nanos": ticket.reserved_nanos,
+        "slot_at": ticket.slot_at,
+        "deadline_at": ticket.deadline_at,
+    }

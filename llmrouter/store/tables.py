@@ -2,6 +2,11 @@
 
 Money columns hold integer nano-dollars (BIGINT): exact on SQLite, PostgreSQL and MariaDB.
 Times are integer Unix milliseconds; ``day`` columns are UTC days since 1970-01-01.
+
+A ledger row is written by the admission, as ``pending``, in the same transaction as the
+admission statement: it is the call's ticket, saying what the call holds (its allowance
+unit, throttle slot or reservation) until settlement completes it (``ok`` / ``partial`` /
+``failed``) or the sweeper closes it (``abandoned``).
 """
 
 from __future__ import annotations
@@ -60,7 +65,8 @@ ledger = Table(
     Column("model", String(320), nullable=False),
     Column("upstream_model", String(200), nullable=False),
     Column("admission", String(16), nullable=False),
-    Column("status", String(8), nullable=False),
+    # pending | ok | partial | failed | abandoned
+    Column("status", String(16), nullable=False),
     Column("prompt_tokens", Integer, nullable=False),
     Column("completion_tokens", Integer, nullable=False),
     Column("usage_estimated", Boolean, nullable=False, default=False),
@@ -68,10 +74,16 @@ ledger = Table(
     Column("charged_nanos", BigInteger, nullable=False),
     Column("day", Integer, nullable=False),
     Column("started_at", BigInteger, nullable=False),
-    Column("finished_at", BigInteger, nullable=False),
+    Column("finished_at", BigInteger, nullable=True),
     Column("error", String(500), nullable=True),
+    # what the admission took, to hand back: the credits reserved, and the throttle slot
+    # (the key's next_slot_at it set), and when a pending row is overdue for the sweeper
+    Column("reserved_nanos", BigInteger, nullable=False, default=0),
+    Column("slot_at", BigInteger, nullable=False, default=0),
+    Column("deadline_at", BigInteger, nullable=True),
     Index("ix_llmrouter_ledger_key_day", "key_id", "day"),
     Index("ix_llmrouter_ledger_day", "day"),
+    Index("ix_llmrouter_ledger_status_deadline", "status", "deadline_at"),
 )
 
 provider_totals = Table(

@@ -131,15 +131,20 @@ def measure_store(ledgers: list[Ledger], count: int, warmup: int) -> None:
             start = time.perf_counter_ns()
             admission = store.admit(
                 target.key.id,
+                request_id=f"flat-{i}-{j}-{now}",
                 now=now,
+                deadline_at=now + 60_000,
                 defaults=target.router.quota.defaults,
                 reserve_nanos=50_000,
                 premium=False,
+                provider="echo",
+                model="echo#echo",
+                upstream_model="echo",
             )
             admitted = time.perf_counter_ns()
+            assert admission.ticket is not None
             settlement = Settlement(
-                request_id=f"flat-{i}",
-                admission=admission,
+                ticket=admission.ticket,
                 provider="echo",
                 model="echo#echo",
                 upstream_model="echo",
