@@ -129,6 +129,12 @@ class Settings(_Strict):
     service_name: str = "llmrouter"
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     key_cache_seconds: float = Field(default=10.0, ge=0)
+    #: no call lasts longer: retries stop and a stream is cut (billed partial) past it
+    max_call_seconds: float = Field(default=1800.0, gt=0, le=7 * 86400)
+    #: connect, statement and lock-wait timeout of every database operation
+    database_timeout_seconds: float = Field(default=5.0, gt=0, le=3600)
+    #: how often ``llmrouter serve`` sweeps abandoned calls (0: never; see ``Router.sweep``)
+    sweep_every_seconds: float = Field(default=60.0, ge=0)
     quota: QuotaSettings = QuotaSettings()
     aliases: dict[str, str] = {}
     providers: list[ProviderSettings] = Field(default_factory=list)
