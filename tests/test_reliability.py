@@ -1,7 +1,9 @@
-"""Retries, fallbacks and cooldowns against a failing upstream, over real HTTP on 127.0.0.1.
+"""Retries, fallbacks and circuit breakers against a failing upstream, over real HTTP on
+127.0.0.1.
 
-The fake OpenAI upstream follows a script of faults; ``fake_openai.answered`` counts the
-requests that reached it. Waits before retries are recorded, not slept.
+The fake OpenAI upstream follows a script of faults (a fault may be for one model only);
+``fake_openai.answered`` counts the requests that reached it. Waits before retries are
+recorded, not slept.
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ import pytest
 from sqlalchemy import select
 
 from llmrouter import Router
+from llmrouter.breakers import BreakerState
 from llmrouter.dispatch import MAX_RETRY_WAIT_SECONDS
-from llmrouter.errors import UpstreamRejectedError
+from llmrouter.errors import UpstreamError, UpstreamRejectedError, UpstreamTimeoutError
+from llmrouter.schemas import ChatRequest
 from llmrouter.store.tables import ledger
 from tests.conftest import gateway_config
 from tests.upstreams.openai_server import FakeOpenAI, Fault
 
 GPT = "OpenAI#gpt-4o-mini"
+#: a second model of the same provider, which the tests make fail
+BROKEN = "OpenAI#gpt-broken"
 HELLO = [{"role": "user", "content": "hello there"}]
 WRONG_KEY = "sk-wrong-key-0123456789abcdef"
 
@@ -97,29 +103,69 @@ def test_a_500_is_retried_and_the_call_billed_once(
     assert (usage.requests, usage.failed) == (1, 0)
 
 
+@pytest.mark.parametrize(("status", "retry_after"), [(429, 2.5), (503, 2)])
 def test_retry_after_is_honoured(
-    router: Router, api_key: str, fake_openai: FakeOpenAI, waits: list[float]
+    router: Router,
+    api_key: str,
+    fake_openai: FakeOpenAI,
+    waits: list[float],
+    status: int,
+    retry_after: float,
 ) -> None:
-    fake_openai.script.append(Fault(status=429, retry_after=2.5))
+    fake_openai.script.append(Fault(status=status, retry_after=retry_after))
 
     completion = router.chat(model=GPT, messages=HELLO, api_key=api_key)
 
     assert completion.model == GPT
-    assert waits == [2.5]
+    assert waits == [retry_after]
     assert fake_openai.answered == 2
 
 
+@pytest.mark.parametrize("retry_after", [MAX_RETRY_WAIT_SECONDS + 1, 120])
+@pytest.mark.parametrize("status", [429, 503])
 @with_openai(fallbacks=["echo#echo"])
 def test_a_retry_after_too_long_to_wait_for_goes_to_the_fallback_at_once(
-    router: Router, api_key: str, fake_openai: FakeOpenAI, waits: list[float]
+    router: Router,
+    api_key: str,
+    fake_openai: FakeOpenAI,
+    waits: list[float],
+    status: int,
+    retry_after: float,
 ) -> None:
-    fake_openai.script.append(Fault(status=429, retry_after=MAX_RETRY_WAIT_SECONDS + 1))
+    fake_openai.script.extend([Fault(status=status, retry_after=retry_after)] * 3)
 
     completion = router.chat(model=GPT, messages=HELLO, api_key=api_key)
 
     assert completion.model == "echo#echo"
     assert waits == []
     assert fake_openai.answered == 1
+
+
+def test_no_retry_waits_past_the_calls_deadline(
+    router: Router, fake_openai: FakeOpenAI, waits: list[float]
+) -> None:
+    fake_openai.script.extend([Fault(status=503, retry_after=2)] * 3)
+    request = ChatRequest.model_validate({"model": GPT, "messages": HELLO})
+    targets = [router.catalog.resolve(GPT)]
+
+    with pytest.raises(UpstreamError) as caught:
+        router.dispatcher.chat(request, targets, deadline=time.monotonic() + 1)
+
+    assert caught.value.upstream_status == 503  # the last error, not a wait
+    assert waits == []
+    assert fake_openai.answered == 1
+
+
+def test_no_attempt_starts_once_the_deadline_has_passed(
+    router: Router, fake_openai: FakeOpenAI
+) -> None:
+    request = ChatRequest.model_validate({"model": GPT, "messages": HELLO})
+    targets = [router.catalog.resolve(GPT)]
+
+    with pytest.raises(UpstreamTimeoutError, match="deadline"):
+        router.dispatcher.chat(request, targets, deadline=time.monotonic() - 1)
+
+    assert fake_openai.answered == 0
 
 
 @with_openai(fallbacks=["echo#echo"])
@@ -212,11 +258,119 @@ def test_a_400_with_no_fallback_is_our_400_with_its_message(
     assert [row.status for row in ledger_rows(router)] == ["failed"]
 
 
-# --------------------------------------------------------------------------- cooldowns
+# --------------------------------------------------------------------------- circuit breakers
+
+
+def two_models(**settings: Any) -> pytest.MarkDecorator:
+    """``with_openai`` for a provider with a healthy model (``GPT``) and ``BROKEN``."""
+    healthy = gateway_config("http://unused")["providers"][1]["models"][0]
+    return with_openai(models=[healthy, {**healthy, "id": "gpt-broken"}], **settings)
+
+
+def attempts_at(fake_openai: FakeOpenAI, model: str) -> int:
+    return sum(1 for body in fake_openai.requests if body["model"] == model)
+
+
+def remaining_allowance(client: openai.OpenAI) -> int:
+    """The key's daily allowance left after one more (echo) request."""
+    raw = client.chat.completions.with_raw_response.create(model="echo#echo", messages=HELLO)
+    return int(raw.headers["X-RateLimit-Remaining"])
+
+
+def client_for(live_api: str, secret: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=live_api + "/v1", api_key=secret, max_retries=0)
+
+
+@two_models()  # cooldown_after = 3, max_retries = 2, cooldown_seconds = 30
+def test_a_failing_model_never_fails_another_keys_requests_to_the_healthy_model(
+    client: openai.OpenAI, router: Router, live_api: str, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script.extend([Fault(model="gpt-broken", status=500)] * 50)
+    victim = client_for(live_api, router.create_key("victim")[1])
+    answers: list[tuple[int, str | None, str | None]] = []
+
+    for _ in range(8):
+        with pytest.raises(openai.APIStatusError) as caught:
+            client.chat.completions.create(model=BROKEN, messages=HELLO)
+        error = caught.value
+        answers.append((error.status_code, error.code, error.response.headers.get("Retry-After")))
+        assert victim.chat.completions.create(model=GPT, messages=HELLO).model == GPT
+
+    # Open after three requests (nine attempts), not after three attempts.
+    assert answers[:3] == [(502, "upstream_error", None)] * 3
+    assert [answer[:2] for answer in answers[3:]] == [(503, "provider_cooling_down")] * 5
+    assert all(0 < int(retry_after or 0) <= 30 for *_, retry_after in answers[3:])
+    assert attempts_at(fake_openai, "gpt-broken") == 9
+    assert attempts_at(fake_openai, "gpt-4o-mini") == 8
+    assert router.dispatcher.breakers.state("OpenAI", "gpt-broken") is BreakerState.OPEN
+    assert router.dispatcher.breakers.state("OpenAI") is BreakerState.CLOSED
+    rows = ledger_rows(router)
+    assert (
+        sorted((row.upstream_model, row.status) for row in rows)
+        == [("gpt-4o-mini", "ok")] * 8 + [("gpt-broken", "failed")] * 3
+    )  # the 503s are no calls: no row
+    # Failed calls and refused ones alike hand the allowance back.
+    assert remaining_allowance(client) == router.settings.quota.daily_requests - 1
+
+
+@two_models(max_retries=0, cooldown_after=1)
+def test_cooling_down_hands_a_paid_keys_reservation_back(
+    router: Router, live_api: str, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script.extend([Fault(model="gpt-broken", status=500)] * 5)
+    record, secret = router.create_key("paid", credits="1", daily_requests=0)
+    paid = client_for(live_api, secret)
+    codes = []
+    for _ in range(3):
+        with pytest.raises(openai.APIStatusError) as caught:
+            paid.chat.completions.create(model=BROKEN, messages=HELLO)
+        codes.append(caught.value.code)
+
+    assert codes == ["upstream_error"] + ["provider_cooling_down"] * 2
+    assert router.store.get_key(record.id).balance_nanos == 10**9
+    assert [row.status for row in ledger_rows(router)] == ["failed"]
+
+
+@pytest.mark.parametrize("status", [400, 404, 422])
+@two_models(cooldown_after=1)
+def test_a_request_the_provider_refuses_never_opens_anything(
+    client: openai.OpenAI, router: Router, fake_openai: FakeOpenAI, status: int
+) -> None:
+    fake_openai.script.extend([Fault(model="gpt-broken", status=status)] * 10)
+
+    for _ in range(10):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model=BROKEN, messages=HELLO)
+        assert caught.value.code == "upstream_rejected_request"
+
+    assert attempts_at(fake_openai, "gpt-broken") == 10  # not retried, never skipped
+    assert router.dispatcher.breakers.state("OpenAI", "gpt-broken") is BreakerState.CLOSED
+    assert client.chat.completions.create(model=GPT, messages=HELLO).model == GPT
+
+
+@two_models(max_retries=0, cooldown_after=1, cooldown_seconds=0.3)
+def test_after_the_cooldown_one_probe_decides(
+    client: openai.OpenAI, router: Router, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script.extend([Fault(model="gpt-broken", status=500)] * 2)
+
+    def answer() -> str:
+        try:
+            return client.chat.completions.create(model=BROKEN, messages=HELLO).model
+        except openai.APIStatusError as exc:
+            return str(exc.code)
+
+    assert [answer(), answer()] == ["upstream_error", "provider_cooling_down"]
+    time.sleep(0.35)
+    assert answer() == "upstream_error"  # the probe failed: open again
+    assert answer() == "provider_cooling_down"
+    time.sleep(0.35)
+    assert [answer(), answer()] == [BROKEN, BROKEN]  # the probe succeeded: closed
+    assert attempts_at(fake_openai, "gpt-broken") == 4
 
 
 @with_openai(max_retries=0, cooldown_after=2, cooldown_seconds=0.5, fallbacks=["echo#echo"])
-def test_a_failing_provider_cools_down_then_is_tried_again(
+def test_a_failing_deployment_cools_down_then_is_tried_again(
     router: Router, api_key: str, fake_openai: FakeOpenAI
 ) -> None:
     fake_openai.script.extend([Fault(status=500)] * 2)
@@ -225,9 +379,9 @@ def test_a_failing_provider_cools_down_then_is_tried_again(
         return router.chat(model=GPT, messages=HELLO, api_key=api_key).model
 
     assert [served(), served()] == ["echo#echo"] * 2
-    assert fake_openai.answered == 2  # two failures in a row: cooling down from here
+    assert fake_openai.answered == 2  # two failed requests in a row: open from here
     assert served() == "echo#echo"
-    assert fake_openai.answered == 2  # skipped while cooling
+    assert fake_openai.answered == 2  # skipped while open
 
     time.sleep(0.6)
     assert served() == GPT
@@ -317,3 +471,28 @@ class TestAnUnreachableUpstream:
         raw = client.chat.completions.with_raw_response.create(model="echo#echo", messages=HELLO)
         allowance = router.settings.quota.daily_requests
         assert raw.headers["X-RateLimit-Remaining"] == str(allowance - 1)
+
+
+class TestAnUnreachableUpstreamWithTwoModels:
+    @pytest.fixture
+    def openai_settings(self) -> dict[str, Any]:
+        healthy = gateway_config("http://unused")["providers"][1]["models"][0]
+        return {
+            "base_url": closed_loopback_url(),
+            "models": [healthy, {**healthy, "id": "gpt-broken"}],
+            "cooldown_after": 2,
+            "max_retries": 0,
+        }
+
+    def test_opens_the_provider_wide_breaker_for_every_model(
+        self, client: openai.OpenAI, router: Router
+    ) -> None:
+        codes = []
+        for model in (BROKEN, GPT, GPT, BROKEN):
+            with pytest.raises(openai.APIStatusError) as caught:
+                client.chat.completions.create(model=model, messages=HELLO)
+            codes.append((caught.value.status_code, caught.value.code))
+
+        assert codes == [(502, "upstream_error")] * 2 + [(503, "provider_cooling_down")] * 2
+        assert router.dispatcher.breakers.state("OpenAI") is BreakerState.OPEN
+        assert [row.status for row in ledger_rows(router)] == ["failed"] * 2
