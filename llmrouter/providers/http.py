@@ -1,34 +1,49 @@
 """The HTTP transport adapters share: a pooled ``requests.Session`` with connect/read
-timeouts, and the mapping of transport failures and error statuses to ``Upstream*`` errors.
+timeouts, and the mapping of transport failures and error statuses to ``Upstream*`` errors,
+each with its scope, and with the provider's secrets cut out of the upstream's words.
+
+Statuses: 400, 404, 413, 422 are the request's fault (``UpstreamRejectedError``; a 404 is
+the provider not knowing the model or route, shown to the client as our 400 like the rest);
+401, 403 the provider's (``UpstreamAuthError``, with our own message: the upstream's body
+goes to the log only); 429 ``UpstreamRateLimitError``; 408, 504 ``UpstreamTimeoutError``;
+other statuses ``UpstreamError``. ``Retry-After`` (seconds or an HTTP date) is read on 429
+and every 5xx. A connection never made (refused, DNS, TLS, connect timeout) is the whole
+provider's failure; one that broke after it was made (read timeout, reset) the deployment's.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
-import re
+import time
 from collections.abc import Iterator
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import NewConnectionError
 
 from ..config import ProviderSettings
 from ..errors import (
+    FailureScope,
     UpstreamAuthError,
     UpstreamError,
     UpstreamRateLimitError,
     UpstreamRejectedError,
     UpstreamTimeoutError,
 )
+from ..redaction import Redactor
 from ..streaming import iter_sse
 
 #: how much of an error answer is read for its message
 MAX_ERROR_BYTES = 64 * 1024
+#: how much of the upstream's (redacted) message an error keeps
+MAX_MESSAGE_CHARS = 500
 
-# Key-shaped tokens an upstream may echo back in an error message ("Incorrect API key
-# provided: sk-abc…"); they are cut out before the message reaches a client.
-_KEY_PATTERN = re.compile(r"\b(sk|pk|rk|key|AIza)[-_A-Za-z0-9*.]{8,}")
+log = logging.getLogger("llmrouter")
 
 
 class HTTPTransport:
@@ -38,7 +53,8 @@ class HTTPTransport:
         self.provider = settings.name
         self.timeout = (settings.connect_timeout, settings.read_timeout)
         self.max_answer_bytes = settings.max_answer_bytes
-        self._secret = settings.secret()
+        #: cuts this provider's secrets out of anything its upstream says
+        self.redactor = Redactor.for_provider(settings)
         self.session = requests.Session()
         # requests reads proxy variables and ~/.netrc from the environment on every call
         # (a tenth of the router's overhead); read them once, when the provider is built.
@@ -76,12 +92,20 @@ class HTTPTransport:
             raise UpstreamError(
                 f"{self.provider}: could not connect within {self.timeout[0]} s",
                 provider=self.provider,
+                scope=FailureScope.PROVIDER,
             ) from exc
         except requests.ReadTimeout as exc:
             raise UpstreamTimeoutError(
                 f"{self.provider}: no answer within {self.timeout[1]} s", provider=self.provider
             ) from exc
         except requests.RequestException as exc:
+            never_connected = _never_connected(exc)
+            if never_connected is not None:
+                raise UpstreamError(
+                    f"{self.provider}: could not connect ({never_connected})",
+                    provider=self.provider,
+                    scope=FailureScope.PROVIDER,
+                ) from exc
             raise UpstreamError(
                 f"{self.provider}: connection failed ({type(exc).__name__})",
                 provider=self.provider,
@@ -93,27 +117,50 @@ class HTTPTransport:
                 response.close()
         return response
 
-    def error_for(
-        self, response: requests.Response, body: bytes
-    ) -> UpstreamError | UpstreamRejectedError:
-        """The error to raise for an upstream error status, keeping its message."""
+    def error_for(self, response: requests.Response, body: bytes) -> UpstreamError:
+        """The error to raise for an upstream error status (see the module docstring),
+        keeping the upstream's message, redacted, except on 401 and 403."""
         status = response.status_code
-        text = upstream_message(body) or response.reason or "no message"
-        message = f"{self.provider} answered {status}: {self.redact(text)}"
+        said = upstream_message(body) or response.reason or "no message"
         if status in (401, 403):
-            return UpstreamAuthError(message, provider=self.provider, upstream_status=status)
+            return self.credentials_refused(status, said)
+        message = f"{self.provider} answered {status}: {self.redacted(said)}"
+        error: type[UpstreamError] = UpstreamError
         if status == 429:
-            return UpstreamRateLimitError(
-                message,
-                provider=self.provider,
-                upstream_status=status,
-                retry_after=_retry_after(response),
-            )
-        if status in (400, 413, 422):
-            return UpstreamRejectedError(message)
-        if status in (408, 504):
-            return UpstreamTimeoutError(message, provider=self.provider, upstream_status=status)
-        return UpstreamError(message, provider=self.provider, upstream_status=status)
+            error = UpstreamRateLimitError
+        elif status in (400, 404, 413, 422):
+            error = UpstreamRejectedError
+        elif status in (408, 504):
+            error = UpstreamTimeoutError
+        read_retry_after = status == 429 or status >= 500
+        return error(
+            message,
+            provider=self.provider,
+            upstream_status=status,
+            retry_after=retry_after_seconds(response.headers.get("Retry-After"))
+            if read_retry_after
+            else None,
+        )
+
+    def credentials_refused(self, status: int, said: str) -> UpstreamAuthError:
+        """Our own message for a refused credential; what the upstream ``said`` (it may
+        quote the credential in forms we cannot foresee) goes to the log only, redacted."""
+        log.warning(
+            "%s refused the router's credentials (HTTP %s): %s",
+            self.provider,
+            status,
+            self.redacted(said),
+        )
+        return UpstreamAuthError(
+            f"{self.provider}: the provider refused the router's credentials (HTTP {status})",
+            provider=self.provider,
+            upstream_status=status,
+        )
+
+    def redacted(self, said: str) -> str:
+        """What the upstream ``said``, with this provider's secrets cut out, at most
+        ``MAX_MESSAGE_CHARS`` long (cut after redacting, so no part of a secret is left)."""
+        return self.redactor.redact(said)[:MAX_MESSAGE_CHARS]
 
     def events(self, response: requests.Response) -> Iterator[dict[str, Any]]:
         """The JSON objects of an SSE response, up to ``[DONE]`` or its end.
@@ -144,32 +191,32 @@ class HTTPTransport:
 
     def _stream_error(self, payload: dict[str, Any]) -> UpstreamError:
         error = payload["error"]
-        kind = error.get("type") or error.get("status") if isinstance(error, dict) else None
+        kind = (error.get("type") or error.get("status")) if isinstance(error, dict) else None
         code = error.get("code") if isinstance(error, dict) else None
-        message = self.redact(message_of(payload) or json.dumps(payload)[:500])
+        status = code if isinstance(code, int) and not isinstance(code, bool) else None
+        said = message_of(payload) or json.dumps(payload)
+        if status in (401, 403):
+            return self.credentials_refused(status, said)
+        # The error's type is the upstream's words too, so it is redacted with the message.
+        said = (f"({kind}): " if kind else ": ") + said
         return UpstreamError(
-            f"{self.provider} stream failed" + (f" ({kind})" if kind else "") + f": {message}",
+            f"{self.provider} stream failed " + self.redacted(said),
             provider=self.provider,
-            upstream_status=code if isinstance(code, int) else None,
+            upstream_status=status,
         )
-
-    def redact(self, text: str) -> str:
-        """``text`` with this provider's key and anything key-shaped removed."""
-        if self._secret:
-            text = text.replace(self._secret, "[redacted]")
-        return _KEY_PATTERN.sub("[redacted]", text)
 
     def close(self) -> None:
         self.session.close()
 
 
 def upstream_message(body: bytes) -> str:
-    """The human message of an upstream error body, in any of the providers' shapes."""
+    """The human message of an upstream error body, in any of the providers' shapes
+    (whole: it is cut to length only once redacted)."""
     try:
         parsed = json.loads(body)
     except ValueError:
-        return body[:500].decode(errors="replace").strip()
-    return message_of(parsed) or json.dumps(parsed)[:500]
+        return body.decode(errors="replace").strip()
+    return message_of(parsed) or json.dumps(parsed)
 
 
 def _read_at_most(response: requests.Response, limit: int, provider: str | None = None) -> bytes:
@@ -217,9 +264,39 @@ def message_of(body: Any) -> str | None:
     return None
 
 
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """The seconds a ``Retry-After`` header asks for, in either of its forms (``"120"``,
+    or an HTTP date such as ``"Wed, 21 Oct 2026 07:28:00 GMT"``); None when absent or
+    unreadable. A date in the past is 0."""
+    if value is None:
         return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None  # "-0000": no zone we could trust
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _never_connected(exc: requests.RequestException) -> str | None:
+    """Why no connection was made (refused, DNS, TLS, a proxy's refusal), or None when the
+    failure came after one was: requests wraps urllib3's errors, which say which."""
+    if isinstance(exc, (requests.exceptions.SSLError, requests.exceptions.ProxyError)):
+        return type(exc).__name__
+    seen: list[BaseException] = []
+    pending: list[Any] = [exc]
+    while pending and len(seen) < 16:
+        cause = pending.pop()
+        if not isinstance(cause, BaseException) or any(cause is s for s in seen):
+            continue
+        if isinstance(cause, NewConnectionError):  # NameResolutionError is one of these
+            return type(cause).__name__
+        seen.append(cause)
+        pending += [*cause.args, getattr(cause, "reason", None), cause.__cause__]
+    return None
