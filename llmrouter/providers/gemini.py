@@ -35,7 +35,6 @@ Model families are told apart by the upstream model's name:
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import secrets
@@ -49,10 +48,9 @@ import requests
 
 from ..config import ProviderSettings
 from ..errors import (
-    UpstreamAuthError,
+    FailureScope,
     UpstreamError,
     UpstreamRateLimitError,
-    UpstreamRejectedError,
     UpstreamUnsupportedError,
 )
 from ..schemas import (
@@ -69,7 +67,7 @@ from ..schemas import (
 )
 from .base import ChunkStream, ProviderAdapter
 from .gemini_schema import gemini_schema
-from .http import HTTPTransport
+from .http import HTTPTransport, retry_after_seconds, upstream_message
 from .registry import register
 
 # Cut for what was said: by a filter, or (LANGUAGE) for a language Gemini does not support.
@@ -92,9 +90,7 @@ class _GeminiTransport(HTTPTransport):
     """Gemini says in the error body what its status code does not: a bad key (400), a
     refusal for the account rather than the request (400), the retry delay (429)."""
 
-    def error_for(
-        self, response: requests.Response, body: bytes
-    ) -> UpstreamError | UpstreamRejectedError:
+    def error_for(self, response: requests.Response, body: bytes) -> UpstreamError:
         error = super().error_for(response, body)
         status = response.status_code
         try:
@@ -103,16 +99,28 @@ class _GeminiTransport(HTTPTransport):
         except (ValueError, KeyError, TypeError, AttributeError):
             return error
         if any(detail.get("reason") == "API_KEY_INVALID" for detail in details):
-            return UpstreamAuthError(error.message, provider=self.provider, upstream_status=status)
+            return self.credentials_refused(status, upstream_message(body))
         if problem.get("status") == "FAILED_PRECONDITION":
             # A 400 for the account, not the request ("User location is not supported…",
-            # billing): another provider may well serve the same request.
-            return UpstreamError(error.message, provider=self.provider, upstream_status=status)
+            # billing): another provider may well serve the same request, this one none.
+            return UpstreamError(
+                error.message,
+                provider=self.provider,
+                upstream_status=status,
+                scope=FailureScope.PROVIDER,
+            )
         if isinstance(error, UpstreamRateLimitError) and error.retry_after is None:
             # google.rpc.RetryInfo holds a protobuf Duration such as "37s".
             delay = next((d["retryDelay"] for d in details if "retryDelay" in d), None)
-            with contextlib.suppress(ValueError):
-                error.retry_after = float(str(delay).removesuffix("s"))
+            seconds = retry_after_seconds(str(delay).removesuffix("s")) if delay else None
+            if seconds is not None:
+                # Built anew, so that its Retry-After header says it too.
+                return UpstreamRateLimitError(
+                    error.message,
+                    provider=self.provider,
+                    upstream_status=status,
+                    retry_after=seconds,
+                )
         return error
 
 
