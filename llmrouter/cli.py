@@ -72,6 +72,21 @@ def _parser() -> argparse.ArgumentParser:
     topup.add_argument("amount", metavar="USD")
     topup.set_defaults(run=_keys_topup)
 
+    sweep = commands.add_parser(
+        "sweep",
+        parents=[common],
+        help="close calls left pending past their deadline (a crashed process) as abandoned",
+    )
+    sweep.add_argument(
+        "--older-than",
+        type=float,
+        metavar="SECONDS",
+        help="instead of each call's deadline, every pending call admitted this long ago "
+        "(0 after a crash, with no process serving)",
+    )
+    sweep.add_argument("--json", action="store_true")
+    sweep.set_defaults(run=_sweep)
+
     report = commands.add_parser(
         "usage", parents=[common], help="usage and spend per key, model, provider and day"
     )
@@ -92,9 +107,49 @@ def _serve(args: argparse.Namespace) -> int:
 
     from flask_ext import create_app
 
+    from .sweeper import Sweeper
+
     app = create_app(args.config)
+    router = app.extensions["llmrouter"].router
+    every = router.settings.sweep_every_seconds
+    sweeper = Sweeper(router, every).start() if every else None
     print(f"llmrouter {__version__} serving on http://{args.host}:{args.port}/v1", file=sys.stderr)
-    run_simple(args.host, args.port, app, threaded=True)
+    try:
+        run_simple(args.host, args.port, app, threaded=True)
+    finally:
+        if sweeper:
+            sweeper.stop()
+        router.close()
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    if args.older_than is not None and args.older_than < 0:
+        print("llmrouter: --older-than must be 0 or more seconds", file=sys.stderr)
+        return 2
+    swept = _router(args).sweep(older_than=args.older_than)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "request_id": c.request_id,
+                        "key_id": c.key_id,
+                        "admission": c.admission,
+                        "started_at": c.started_at,
+                        "released": nanos_to_usd(c.released_nanos),
+                    }
+                    for c in swept
+                ]
+            )
+        )
+        return 0
+    for c in swept:
+        print(
+            f"abandoned {c.request_id}  key {c.key_id}  ({c.admission}) "
+            f"released ${nanos_to_usd(c.released_nanos)}"
+        )
+    print(f"{len(swept)} abandoned calls swept")
     return 0
 
 

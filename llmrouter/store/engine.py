@@ -9,11 +9,12 @@ becomes ``StoreUnavailableError`` within seconds instead of a hung request.
 from __future__ import annotations
 
 import math
+import sqlite3
 from typing import Any
 
 from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from ..errors import ConfigError
@@ -117,7 +118,11 @@ def _sqlite_engine(url: Any, timeout: float) -> Engine:
         driver = conn.connection.driver_connection
         assert driver is not None  # a connection being begun is open
         read_only = conn.get_execution_options().get(_READ_ONLY_OPTION, False)
-        driver.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        statement = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+        try:
+            driver.execute(statement)
+        except sqlite3.OperationalError as exc:  # locked past the timeout: as SQLAlchemy's
+            raise OperationalError(statement, None, exc) from exc
 
     return engine
 
