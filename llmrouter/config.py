@@ -80,9 +80,13 @@ class ProviderSettings(_Strict):
     headers: dict[str, str] = {}
     connect_timeout: float = Field(default=5.0, gt=0)
     read_timeout: float = Field(default=120.0, gt=0)
+    # Read by the dispatcher in one place (``Dispatcher.policy``).
     max_retries: int = Field(default=2, ge=0, le=10)
     retry_backoff: float = Field(default=0.5, ge=0)
+    #: circuit breakers (``breakers.py``): a deployment, or the whole provider, opens after
+    #: this many failed requests in a row (each counted once, after its retries) ...
     cooldown_after: int = Field(default=3, ge=1)
+    #: ... and is skipped this long before one probe request; 0 turns the breakers off
     cooldown_seconds: float = Field(default=30.0, ge=0)
     allow_unlisted_models: bool = False
     unlisted_prompt_price: Decimal = Decimal(0)

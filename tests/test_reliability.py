@@ -261,10 +261,11 @@ def test_a_400_with_no_fallback_is_our_400_with_its_message(
 # --------------------------------------------------------------------------- circuit breakers
 
 
-def two_models(**settings: Any) -> pytest.MarkDecorator:
+def two_models(broken_fallbacks: list[str] | None = None, **settings: Any) -> pytest.MarkDecorator:
     """``with_openai`` for a provider with a healthy model (``GPT``) and ``BROKEN``."""
     healthy = gateway_config("http://unused")["providers"][1]["models"][0]
-    return with_openai(models=[healthy, {**healthy, "id": "gpt-broken"}], **settings)
+    broken = {**healthy, "id": "gpt-broken", "fallbacks": broken_fallbacks or []}
+    return with_openai(models=[healthy, broken], **settings)
 
 
 def attempts_at(fake_openai: FakeOpenAI, model: str) -> int:
@@ -367,6 +368,29 @@ def test_after_the_cooldown_one_probe_decides(
     time.sleep(0.35)
     assert [answer(), answer()] == [BROKEN, BROKEN]  # the probe succeeded: closed
     assert attempts_at(fake_openai, "gpt-broken") == 4
+
+
+@two_models(max_retries=0, cooldown_after=1, broken_fallbacks=[GPT])
+def test_a_fallback_tried_beside_an_open_target_answers_with_its_own_failure(
+    client: openai.OpenAI, router: Router, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script.append(Fault(model="gpt-broken", status=500))
+    assert client.chat.completions.create(model=BROKEN, messages=HELLO).model == GPT
+
+    # BROKEN is open now; its fallback is tried and fails: that failure is the answer.
+    fake_openai.script.append(Fault(model="gpt-4o-mini", status=500))
+    with pytest.raises(openai.APIStatusError) as tried:
+        client.chat.completions.create(model=BROKEN, messages=HELLO)
+    # Both are open now: nothing is tried.
+    with pytest.raises(openai.APIStatusError) as skipped:
+        client.chat.completions.create(model=BROKEN, messages=HELLO)
+
+    assert (tried.value.status_code, tried.value.code) == (502, "upstream_error")
+    assert (skipped.value.status_code, skipped.value.code) == (503, "provider_cooling_down")
+    assert [(row.upstream_model, row.status) for row in ledger_rows(router)] == [
+        ("gpt-4o-mini", "ok"),
+        ("gpt-broken", "failed"),
+    ]
 
 
 @with_openai(max_retries=0, cooldown_after=2, cooldown_seconds=0.5, fallbacks=["echo#echo"])
