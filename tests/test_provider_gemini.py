@@ -1065,7 +1065,7 @@ def test_401_and_403_are_auth_errors_and_the_key_is_redacted(
         adapter.chat(chat_request("hi"), MODEL)
     assert raised.value.upstream_status == status
     assert API_KEY not in raised.value.message
-    assert "Permission denied" in raised.value.message
+    assert "refused the router's credentials" in raised.value.message
 
 
 def test_a_failed_precondition_is_the_providers_failure(

@@ -234,7 +234,7 @@ def test_wrong_key_is_an_auth_error(base_url: str) -> None:
     with pytest.raises(UpstreamAuthError) as caught:
         adapter.chat(ask("hi"), MODEL)
     assert caught.value.upstream_status == 401
-    assert "Unauthorized" in caught.value.message
+    assert "refused the router's credentials" in caught.value.message
     adapter.close()
 
 

@@ -161,7 +161,7 @@ def test_upstream_401_is_our_502_and_its_key_is_not_shown(
     assert caught.value.code == "upstream_auth_error"
     assert fake_openai.answered == 1  # a refused key is not retried
     text = caught.value.response.text
-    assert "Incorrect API key provided" in text
+    assert "refused the router's credentials" in text and "Incorrect API key" not in text
     assert WRONG_KEY not in text and UPSTREAM_KEY not in text
 
 

@@ -235,8 +235,13 @@ class TestDatabaseFaults:
     ) -> None:
         router, proxy = through_proxy
         key, secret = router.create_key("paid", daily_requests=0, credits=1)
-        fake_openai.script.append(Fault(delay=0.6))
-        threading.Timer(0.3, proxy.cut).start()
+        fake_openai.script.append(Fault(delay=2))
+
+        def cut_once_admitted() -> None:  # the upstream is still thinking then
+            books.wait_for(key, "pending")
+            proxy.cut()
+
+        threading.Thread(target=cut_once_admitted).start()
 
         reply = router.chat(model=upstream_model(router), messages=HELLO, api_key=secret)
 
