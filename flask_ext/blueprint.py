@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
 from llmrouter import __version__, usage
 from llmrouter.errors import (
@@ -61,8 +61,11 @@ def _from_http_exception(exc: HTTPException) -> LLMRouterError:
         return NotFoundError(f"Unknown route: {request.method} {request.path}")
     if exc.code == 405:
         return MethodNotAllowedError(f"{request.method} is not allowed on {request.path}")
-    error = LLMRouterError(message)
-    error.status = exc.code or 500
+    status = exc.code or 500
+    # Any other refusal werkzeug makes before a view runs (a malformed header, say) is
+    # the client's: OpenAI's invalid_request_error with werkzeug's status.
+    error = InvalidRequestError(message) if 400 <= status < 500 else LLMRouterError(message)
+    error.status = status
     return error
 
 
@@ -88,11 +91,20 @@ def json_body() -> Any:
 def _read_at_most(limit: int) -> bytes:
     """The body, read in pieces so one sent without a length cannot exceed ``limit``."""
     pieces, size = [], 0
-    while piece := request.stream.read(min(65536, limit + 1 - size)):
-        pieces.append(piece)
-        size += len(piece)
-        if size > limit:
-            raise RequestTooLargeError(f"The request body is larger than {limit} bytes.")
+    try:
+        while piece := request.stream.read(min(65536, limit + 1 - size)):
+            pieces.append(piece)
+            size += len(piece)
+            if size > limit:
+                raise RequestTooLargeError(f"The request body is larger than {limit} bytes.")
+    # A body cut short of its Content-Length (werkzeug: ClientDisconnected, a BadRequest)
+    # or a malformed chunked encoding (werkzeug and gunicorn: OSError; a chunk cut short:
+    # ValueError) is the client's fault, whichever server runs the app.
+    except (BadRequest, OSError, ValueError):
+        raise InvalidRequestError(
+            "The request body could not be read: it ended before its Content-Length, "
+            "or its chunked encoding is malformed."
+        ) from None
     return b"".join(pieces)
 
 

@@ -113,7 +113,24 @@ def reservation_nanos(request: ChatRequest, model: ModelSettings) -> int:
     if model.context_length:
         prompt = min(prompt, model.context_length)
     output = request.output_limit or model.max_output_length or DEFAULT_OUTPUT_ALLOWANCE
-    return Prices.of(model).cost_nanos(prompt, output * (request.n or 1))
+    reserve = Prices.of(model).cost_nanos(prompt, output * (request.n or 1))
+    if reserve > MAX_BALANCE_NANOS:
+        # No balance could cover it, and the columns it is compared with are 64-bit: a
+        # request this costly (prices are unbounded in config) is refused as it stands.
+        param = (
+            "max_completion_tokens"
+            if request.max_completion_tokens
+            else "max_tokens"
+            if request.max_tokens
+            else None
+        )
+        lower = f"lower '{param}'" if param else "set 'max_completion_tokens'"
+        raise InvalidRequestError(
+            f"This request could cost more than ${nanos_to_usd(MAX_BALANCE_NANOS)}, the most "
+            f"a balance holds: {lower}.",
+            param=param,
+        )
+    return reserve
 
 
 def estimate_tokens_from_text(characters: int) -> int:
