@@ -1,0 +1,535 @@
+"""A property-based fuzz of the HTTP API: whatever a client sends, the answer is never a
+5xx, every error is OpenAI's shape (with ``param`` where a field is at fault), and the
+server answers a normal request correctly afterwards.
+
+The default run is small and derandomized, so CI is fast and deterministic. Before a
+release, run the long one (random, many more examples)::
+
+    python -m pytest -m fuzz tests/test_fuzz.py
+
+``LLMROUTER_FUZZ_EXAMPLES`` sets its examples per property (default 3000).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flask_ext.app import create_app
+from llmrouter import Router
+from tests.conftest import gateway_config
+
+LONG_RUN_EXAMPLES = int(os.environ.get("LLMROUTER_FUZZ_EXAMPLES", "3000"))
+GOOD: dict[str, Any] = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@dataclass
+class Gateway:
+    """The app under fuzz, its keys, and every error the ``llmrouter`` logger logged."""
+
+    client: FlaskClient
+    keys: dict[str, str]
+    logged: list[logging.LogRecord] = field(default_factory=list)
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[logging.LogRecord]) -> None:
+        super().__init__(logging.ERROR)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record)
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[Gateway]:
+    # No quota in the way: thousands of requests from one key must all reach the code.
+    config = gateway_config(
+        quota={"daily_requests": 2**31 - 1, "throttle_seconds": 1, "requests_per_minute": None}
+    )
+    # The standalone app (what ``llmrouter serve`` and gunicorn run): every route is ours.
+    app = create_app(config)
+    router: Router = app.extensions["llmrouter"].router
+    free = router.create_key("free")[1]
+    paid_record, paid = router.create_key("paid")
+    router.top_up(paid_record.id, "1000")
+    admin = router.create_key("admin", admin=True)[1]
+    gateway = Gateway(app.test_client(), {"free": free, "paid": paid, "admin": admin})
+    handler = _Collect(gateway.logged)
+    logging.getLogger("llmrouter").addHandler(handler)
+    try:
+        yield gateway
+    finally:
+        logging.getLogger("llmrouter").removeHandler(handler)
+        router.close()
+
+
+def run(examples: int, strategy: st.SearchStrategy[Any], check: Callable[[Any], None]) -> None:
+    """``check`` every example of ``strategy``: few and fixed by default, many and random
+    in the long run."""
+    long_run = examples > 1000
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=not long_run,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(strategy)
+    def property_(case: Any) -> None:
+        check(case)
+
+    property_()
+
+
+# --------------------------------------------------------------------------- strategies
+
+#: strings that have broken gateways: lone surrogates, NUL, controls, huge and odd text
+NASTY_TEXT = st.sampled_from(
+    [
+        "\ud800",
+        "\udfff",
+        "a\ud83d",
+        "\ude00b",
+        "\u0000",
+        "\x1b[31m",
+        "\u2028",
+        "\ufeff",
+        "\uffff",
+        "😀",
+        "",
+        " ",
+        "#",
+        "echo#",
+        "#echo",
+        "echo#echo\u0000",
+        "x" * 5000,
+        "null",
+        "0",
+        "-1",
+        "1e309",
+        "NaN",
+        "../../etc/passwd",
+        "%00",
+        "${jndi:x}",
+        "'; DROP TABLE api_keys; --",
+    ]
+)
+#: hypothesis leaves surrogates out of text unless asked for them
+SURROGATE = st.characters(categories=["Cs"])
+PLAIN_TEXT = st.text(max_size=40)
+#: a string: mostly any text, sometimes a nasty one or one with surrogates
+TEXT = st.integers(0, 15).flatmap(
+    lambda roll: (
+        NASTY_TEXT
+        if roll == 0
+        else st.text(st.characters() | SURROGATE, max_size=8)
+        if roll == 1
+        else PLAIN_TEXT
+    )
+)
+INTEGERS = st.one_of(
+    st.integers(-3, 300),
+    st.sampled_from([0, -1, 2**31 - 1, 2**31, 2**53, 2**63 - 1, 2**63, -(2**63) - 1, 10**30]),
+    st.integers(),
+)
+FLOATS = st.floats(allow_nan=True, allow_infinity=True)
+SCALARS = st.one_of(st.none(), st.booleans(), INTEGERS, FLOATS, TEXT)
+ANY_JSON = st.recursive(
+    SCALARS,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(TEXT, children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def maybe(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Mostly a value of the right kind, one time in sixteen anything at all (so that many
+    bodies get past validation and exercise what lies behind it)."""
+    return st.integers(0, 15).flatmap(lambda roll: ANY_JSON if roll == 0 else valid)
+
+
+MODEL = st.sampled_from(
+    ["echo", "echo#echo", "echo#echo-premium", "altllm-basic", "ECHO#echo"]
+) | st.sampled_from(["echo#nope", "nope#echo", "echo-premium", "echo#Echo"])
+# Inside a message, only the leaves are sometimes wrong: with every level able to be
+# wrong, hardly a body would reach the provider.
+PART = st.one_of(
+    st.fixed_dictionaries({"type": st.just("text"), "text": maybe(TEXT)}),
+    st.fixed_dictionaries(
+        {"type": st.just("image_url"), "image_url": st.fixed_dictionaries({"url": maybe(TEXT)})}
+    ),
+    st.fixed_dictionaries({"type": TEXT}, optional={"input_audio": ANY_JSON}),
+)
+ID = st.text(min_size=1, max_size=20)
+TOOL_CALL = st.fixed_dictionaries(
+    {
+        "id": maybe(ID),
+        "type": st.just("function"),
+        "function": st.fixed_dictionaries(
+            {
+                "name": maybe(st.sampled_from(["lookup", "f"]) | TEXT),
+                "arguments": maybe(st.one_of(TEXT, ANY_JSON.map(lambda v: json.dumps(v)))),
+            }
+        ),
+    }
+)
+CONTENT = st.one_of(TEXT, TEXT, st.lists(PART, min_size=1, max_size=3))
+#: messages as OpenAI's role rules have them (a tool message answers a call, an assistant
+#: may call tools instead of answering), each field sometimes wrong
+MESSAGE = maybe(
+    st.one_of(
+        st.fixed_dictionaries(
+            {"role": st.sampled_from(["system", "developer", "user"]), "content": maybe(CONTENT)},
+            optional={"name": maybe(TEXT)},
+        ),
+        st.fixed_dictionaries(
+            {"role": st.just("assistant"), "content": maybe(TEXT)},
+            optional={"tool_calls": maybe(st.lists(TOOL_CALL, max_size=2))},
+        ),
+        st.fixed_dictionaries(
+            {
+                "role": st.just("assistant"),
+                "tool_calls": st.lists(TOOL_CALL, min_size=1, max_size=2),
+            }
+        ),
+        st.fixed_dictionaries(
+            {"role": st.just("tool"), "content": maybe(CONTENT), "tool_call_id": maybe(ID)}
+        ),
+    )
+)
+TOOL = maybe(
+    st.fixed_dictionaries(
+        {
+            "type": maybe(st.just("function")),
+            "function": maybe(
+                st.fixed_dictionaries(
+                    {"name": maybe(st.sampled_from(["lookup", "a.b-c_d"]) | TEXT)},
+                    optional={
+                        "description": maybe(TEXT),
+                        "parameters": maybe(st.dictionaries(TEXT, ANY_JSON, max_size=3)),
+                        "strict": maybe(st.booleans()),
+                    },
+                )
+            ),
+        }
+    )
+)
+RESPONSE_FORMAT = maybe(
+    st.one_of(
+        st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object"])}),
+        st.fixed_dictionaries(
+            {
+                "type": st.just("json_schema"),
+                "json_schema": maybe(
+                    st.fixed_dictionaries(
+                        {"name": maybe(TEXT)},
+                        optional={"schema": maybe(st.dictionaries(TEXT, ANY_JSON, max_size=3))},
+                    )
+                ),
+            }
+        ),
+    )
+)
+NUMBER = st.one_of(INTEGERS, FLOATS)
+#: every field of OpenAI's chat request, each drawn as a right-ish or a wrong value
+OPTIONAL_FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "stream": maybe(st.booleans()),
+    "stream_options": maybe(st.fixed_dictionaries({}, optional={"include_usage": SCALARS})),
+    "max_tokens": maybe(INTEGERS),
+    "max_completion_tokens": maybe(INTEGERS),
+    "temperature": maybe(NUMBER),
+    "top_p": maybe(NUMBER),
+    "n": maybe(INTEGERS),
+    "stop": maybe(st.one_of(TEXT, st.lists(TEXT, max_size=6))),
+    "tools": maybe(st.lists(TOOL, max_size=3)),
+    "tool_choice": maybe(
+        st.one_of(
+            st.sampled_from(["none", "auto", "required"]),
+            st.fixed_dictionaries(
+                {"type": st.just("function"), "function": st.fixed_dictionaries({"name": TEXT})}
+            ),
+        )
+    ),
+    "parallel_tool_calls": maybe(st.booleans()),
+    "response_format": RESPONSE_FORMAT,
+    "seed": maybe(INTEGERS),
+    "user": maybe(TEXT),
+    "presence_penalty": maybe(NUMBER),
+    "frequency_penalty": maybe(NUMBER),
+    "logit_bias": maybe(st.dictionaries(TEXT, INTEGERS, max_size=3)),
+    "logprobs": maybe(st.booleans()),
+    "top_logprobs": maybe(INTEGERS),
+    "metadata": maybe(st.dictionaries(TEXT, TEXT, max_size=3)),
+    "reasoning_effort": maybe(st.sampled_from(["low", "medium", "high"])),
+}
+OPTIONAL_FIELDS["unknown"] = ANY_JSON
+
+
+@st.composite
+def chat_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """A chat body with a few of the optional fields (with all of them, nearly every body
+    would have one wrong and never get past validation)."""
+    names = draw(st.lists(st.sampled_from(sorted(OPTIONAL_FIELDS)), max_size=4, unique=True))
+    body = {
+        "model": draw(MODEL),
+        "messages": draw(st.lists(MESSAGE, min_size=1, max_size=4)),
+    }
+    return body | {name: draw(OPTIONAL_FIELDS[name]) for name in names}
+
+
+CHAT_BODY = chat_bodies()
+
+
+@st.composite
+def one_field_wrong(draw: st.DrawFn) -> tuple[str, Any]:
+    """A good body with one field set to anything: a 400 must name that field."""
+    name = draw(st.sampled_from(["model", "messages", *OPTIONAL_FIELDS]))
+    return name, draw(ANY_JSON)
+
+
+def encoded(body: Any, draw: st.DrawFn) -> bytes:
+    """JSON as clients send it: escaped (Python's default), raw UTF-8, or raw with the
+    surrogates passed through as bytes (invalid UTF-8)."""
+    style = draw(st.sampled_from(["ascii", "utf8", "surrogatepass"]))
+    if style == "ascii":
+        return json.dumps(body).encode()
+    text = json.dumps(body, ensure_ascii=False)
+    return text.encode("utf-8", "surrogatepass" if style == "surrogatepass" else "replace")
+
+
+ROUTES = [
+    "/v1/chat/completions",
+    "/v1/models",
+    "/v1/models/echo#echo",
+    "/v1/models/echo%23echo",
+    "/v1/models/nope",
+    "/v1/provider",
+    "/v1/usage",
+    "/health",
+    "/v1/nowhere",
+    "/nowhere",
+    "/chat/completions",
+    "/models",
+    "/models/echo%23echo",
+    "/provider",
+    "/usage",
+    "/v1",
+    "/",
+]
+
+
+@dataclass(frozen=True)
+class Call:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes | None
+    environ: dict[str, str]
+
+
+@st.composite
+def calls(draw: st.DrawFn) -> Call:
+    """Any route and method, odd headers, and a body from the schema, from arbitrary JSON,
+    or arbitrary bytes."""
+    key = draw(st.sampled_from(["free", "paid", "admin", None]))
+    header_text = st.text(st.characters(min_codepoint=32, max_codepoint=255), max_size=30)
+    authorization = draw(
+        st.one_of(
+            st.just(f"Bearer {{{key}}}") if key else st.none(),
+            st.sampled_from(["", "Bearer", "Bearer ", "bearer {free}", "Basic {free}", "{free}"]),
+            header_text,
+            header_text.map(lambda t: "Bearer " + t),
+        )
+    )
+    headers = {}
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    content_type = draw(
+        st.sampled_from(
+            ["application/json", "application/json; charset=latin-1", "text/plain", "", None]
+        )
+        | header_text
+    )
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    body_kind = draw(st.sampled_from(["chat", "chat", "chat", "json", "bytes", "none"]))
+    body: bytes | None
+    if body_kind == "chat":
+        body = encoded(draw(CHAT_BODY), draw)
+    elif body_kind == "json":
+        body = encoded(draw(ANY_JSON), draw)
+    elif body_kind == "bytes":
+        body = draw(st.binary(max_size=200))
+    else:
+        body = None
+    environ = {}
+    if draw(st.integers(0, 9)) == 0:  # a Content-Length that disagrees with the body
+        environ["CONTENT_LENGTH"] = draw(
+            st.sampled_from(["0", "1", "-1", "abc", "99999999999999999999", " 5", "1e3"])
+        )
+    query = draw(
+        st.dictionaries(st.sampled_from(["key_id", "since", "until", "x"]), TEXT, max_size=3)
+    )
+    return Call(
+        method=draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"])),
+        path=draw(st.sampled_from(ROUTES)),
+        query=query,
+        headers=headers,
+        body=body,
+        environ=environ,
+    )
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def send(gateway: Gateway, call: Call) -> Any:
+    headers = dict(call.headers)
+    for name, key in gateway.keys.items():  # "{free}" stands for the free key's secret
+        headers = {header: value.replace(f"{{{name}}}", key) for header, value in headers.items()}
+    return gateway.client.open(
+        call.path,
+        method=call.method,
+        query_string={k: v.encode("utf-8", "surrogatepass") for k, v in call.query.items()},
+        headers=headers,
+        data=call.body,
+        environ_overrides=call.environ,
+    )
+
+
+def assert_well_answered(gateway: Gateway, response: Any, *, method: str = "POST") -> None:
+    """No 5xx, no traceback logged, and any error in OpenAI's shape."""
+    body = response.get_data()
+    tracebacks = [r for r in gateway.logged if r.exc_info]
+    gateway.logged.clear()
+    assert not tracebacks, tracebacks[0].exc_info
+    assert response.status_code < 500, body[:2000]
+    if method == "HEAD" or (method == "OPTIONS" and response.status_code < 400):
+        return  # no body for HEAD; werkzeug's own OPTIONS answer is an Allow header
+    if response.mimetype == "text/event-stream":
+        for line in body.split(b"\n"):
+            if line.startswith(b"data: {") and b'"error"' in line[:20]:
+                assert_error_shape(json.loads(line[6:]))
+        return
+    payload = json.loads(body)  # never HTML, never empty
+    if response.status_code >= 400:
+        assert_error_shape(payload)
+
+
+def assert_error_shape(payload: Any) -> None:
+    assert set(payload) == {"error"}, payload
+    error = payload["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["type"], str) and error["type"]
+    assert error["param"] is None or isinstance(error["param"], str)
+    assert error["code"] is None or isinstance(error["code"], str)
+
+
+def assert_healthy(gateway: Gateway) -> None:
+    """After whatever came before, a normal request is answered correctly."""
+    response = gateway.client.post(
+        "/v1/chat/completions",
+        json={"model": "echo", "messages": [{"role": "user", "content": "still here?"}]},
+        headers={"Authorization": f"Bearer {gateway.keys['paid']}"},
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json()["choices"][0]["message"]["content"] == "still here?"
+    assert gateway.client.get("/health").status_code == 200
+
+
+def check_call(gateway: Gateway) -> Callable[[Call], None]:
+    def check(call: Call) -> None:
+        assert_well_answered(gateway, send(gateway, call), method=call.method)
+
+    return check
+
+
+def check_chat_body(gateway: Gateway) -> Callable[[tuple[dict[str, Any], bool]], None]:
+    def check(case: tuple[dict[str, Any], bool]) -> None:
+        body, paid = case
+        response = gateway.client.post(
+            "/v1/chat/completions",
+            data=json.dumps(body),
+            headers={
+                "Authorization": f"Bearer {gateway.keys['paid' if paid else 'free']}",
+                "Content-Type": "application/json",
+            },
+        )
+        assert_well_answered(gateway, response)
+        if response.status_code == 400:
+            assert response.get_json()["error"]["type"] == "invalid_request_error"
+
+    return check
+
+
+def check_one_field(gateway: Gateway) -> Callable[[tuple[str, Any]], None]:
+    def check(case: tuple[str, Any]) -> None:
+        name, value = case
+        response = gateway.client.post(
+            "/v1/chat/completions",
+            data=json.dumps({**GOOD, name: value}),
+            headers={
+                "Authorization": f"Bearer {gateway.keys['free']}",
+                "Content-Type": "application/json",
+            },
+        )
+        assert_well_answered(gateway, response)
+        if response.status_code == 400:
+            error = response.get_json()["error"]
+            # the field at fault is named, by its own name or a place inside it
+            assert error["param"], error
+            assert error["param"].partition("[")[0].partition(".")[0] == name, (name, error)
+
+    return check
+
+
+# --------------------------------------------------------------------------- the fuzz
+
+CHAT_CASES = st.tuples(CHAT_BODY, st.booleans())
+
+
+def test_any_request_to_any_route_is_answered_well(gateway: Gateway) -> None:
+    run(300, calls(), check_call(gateway))
+    assert_healthy(gateway)
+
+
+def test_any_chat_body_is_answered_well(gateway: Gateway) -> None:
+    run(300, CHAT_CASES, check_chat_body(gateway))
+    assert_healthy(gateway)
+
+
+def test_a_wrong_field_is_named(gateway: Gateway) -> None:
+    run(300, one_field_wrong(), check_one_field(gateway))
+    assert_healthy(gateway)
+
+
+@pytest.mark.fuzz
+def test_long_any_request_to_any_route(gateway: Gateway) -> None:
+    run(LONG_RUN_EXAMPLES, calls(), check_call(gateway))
+    assert_healthy(gateway)
+
+
+@pytest.mark.fuzz
+def test_long_any_chat_body(gateway: Gateway) -> None:
+    run(LONG_RUN_EXAMPLES, CHAT_CASES, check_chat_body(gateway))
+    assert_healthy(gateway)
+
+
+@pytest.mark.fuzz
+def test_long_a_wrong_field_is_named(gateway: Gateway) -> None:
+    run(LONG_RUN_EXAMPLES, one_field_wrong(), check_one_field(gateway))
+    assert_healthy(gateway)
