@@ -1,5 +1,6 @@
 """The SQL store: API keys, fair-use state, balances, the ledger and provider totals."""
 
+from .key_store import SECRET_PREFIX, hash_secret
 from .records import (
     Admission,
     AdmissionKind,
@@ -11,7 +12,7 @@ from .records import (
     Ticket,
     UsageRow,
 )
-from .store import SECRET_PREFIX, Store, hash_secret
+from .store import Store
 
 __all__ = [
     "SECRET_PREFIX",

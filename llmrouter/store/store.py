@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,20 +15,18 @@ from sqlalchemy import (
     insert,
     select,
     text,
-    update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from ..billing import MAX_BALANCE_NANOS, nanos_to_usd
-from ..errors import InvalidRequestError, NotFoundError, StoreUnavailableError
+from ..errors import NotFoundError, StoreUnavailableError
 from . import settlement as settlement_sql
 from .admission import RESULT_COLUMNS, UNLIMITED, admission_statement
 from .engine import READ_ONLY, create_engine_for, is_sqlite_memory
+from .key_store import KeyStore
 from .records import (
     Admission,
     AdmissionKind,
-    KeyRecord,
     ProviderTotal,
     QuotaDefaults,
     Settlement,
@@ -38,9 +34,8 @@ from .records import (
     Ticket,
     UsageRow,
 )
-from .tables import api_keys, ledger, metadata, provider_totals, top_ups
+from .tables import api_keys, ledger, metadata, provider_totals
 
-SECRET_PREFIX = "sk-llmr-"
 #: the ``error`` of a row the sweeper closed
 ABANDONED_REASON = (
     "abandoned: not settled by its deadline (the serving process died, or lost the "
@@ -49,12 +44,7 @@ ABANDONED_REASON = (
 _k = api_keys.c
 
 
-def hash_secret(secret: str) -> str:
-    """Keys are 192 random bits, so a plain SHA-256 is enough (no slow KDF needed)."""
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-class Store:
+class Store(KeyStore):
     """One SQL database (SQLite, PostgreSQL, MariaDB/MySQL) holding keys, quotas and money."""
 
     def __init__(
@@ -113,99 +103,6 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
-
-    # ---------------------------------------------------------------- keys
-
-    def create_key(
-        self,
-        name: str,
-        *,
-        is_admin: bool = False,
-        credits_nanos: int = 0,
-        now: int,
-        daily_requests: int | None = None,
-        throttle_seconds: int | None = None,
-        requests_per_minute: int | None = None,
-    ) -> tuple[KeyRecord, str]:
-        """A new key and its secret. The secret is returned once and never stored."""
-        secret = SECRET_PREFIX + secrets.token_urlsafe(24)
-        key_id = "key_" + secrets.token_hex(8)
-        with self.transaction() as conn:
-            conn.execute(
-                insert(api_keys).values(
-                    id=key_id,
-                    name=name,
-                    secret_hash=hash_secret(secret),
-                    secret_hint=secret[: len(SECRET_PREFIX) + 4] + "…",
-                    is_admin=is_admin,
-                    created_at=now,
-                    daily_requests=daily_requests,
-                    throttle_seconds=throttle_seconds,
-                    requests_per_minute=requests_per_minute,
-                    balance_nanos=0,
-                    spent_nanos=0,
-                    topped_up_nanos=0,
-                    quota_day=0,
-                    day_count=0,
-                    next_slot_at=0,
-                    minute=0,
-                    minute_count=0,
-                    last_admission=0,
-                )
-            )
-            if credits_nanos:
-                self._top_up(conn, key_id, credits_nanos, now)
-        return self.get_key(key_id), secret
-
-    def find_key(self, secret_hash: str) -> KeyRecord | None:
-        """The key whose secret hashes to ``secret_hash`` (see ``hash_secret``)."""
-        with self.transaction(read_only=True) as conn:
-            row = conn.execute(select(api_keys).where(_k.secret_hash == secret_hash)).first()
-        return _key_record(row) if row else None
-
-    def get_key(self, key_id: str) -> KeyRecord:
-        with self.transaction(read_only=True) as conn:
-            row = conn.execute(select(api_keys).where(_k.id == key_id)).first()
-        if row is None:
-            raise NotFoundError(f"no API key with id '{key_id}'", param="key_id")
-        return _key_record(row)
-
-    def list_keys(self) -> list[KeyRecord]:
-        with self.transaction(read_only=True) as conn:
-            rows = conn.execute(select(api_keys).order_by(_k.created_at, _k.id)).all()
-        return [_key_record(r) for r in rows]
-
-    def revoke_key(self, key_id: str, *, now: int) -> KeyRecord:
-        with self.transaction() as conn:
-            conn.execute(
-                update(api_keys)
-                .where(_k.id == key_id, _k.revoked_at.is_(None))
-                .values(revoked_at=now)
-            )
-        return self.get_key(key_id)
-
-    def top_up(self, key_id: str, amount_nanos: int, *, now: int) -> KeyRecord:
-        with self.transaction() as conn:
-            self._top_up(conn, key_id, amount_nanos, now)
-        return self.get_key(key_id)
-
-    def _top_up(self, conn: Connection, key_id: str, amount_nanos: int, now: int) -> None:
-        changed = conn.execute(
-            update(api_keys)
-            .where(_k.id == key_id, _k.balance_nanos <= MAX_BALANCE_NANOS - amount_nanos)
-            .values(
-                balance_nanos=_k.balance_nanos + amount_nanos,
-                topped_up_nanos=_k.topped_up_nanos + amount_nanos,
-            )
-        ).rowcount
-        if not changed:
-            self.get_key(key_id)  # NotFoundError for an unknown key
-            raise InvalidRequestError(
-                f"a balance is at most ${nanos_to_usd(MAX_BALANCE_NANOS)}", param="amount"
-            )
-        conn.execute(
-            insert(top_ups).values(key_id=key_id, amount_nanos=amount_nanos, created_at=now)
-        )
 
     # ---------------------------------------------------------------- quota and money
 
@@ -519,22 +416,6 @@ def _create_provider_row(conn: Connection, provider: str) -> None:
             )
     except IntegrityError:
         pass
-
-
-def _key_record(row: Any) -> KeyRecord:
-    return KeyRecord(
-        id=row.id,
-        name=row.name,
-        hint=row.secret_hint,
-        is_admin=bool(row.is_admin),
-        created_at=row.created_at,
-        revoked_at=row.revoked_at,
-        balance_nanos=row.balance_nanos,
-        spent_nanos=row.spent_nanos,
-        daily_requests=row.daily_requests,
-        throttle_seconds=row.throttle_seconds,
-        requests_per_minute=row.requests_per_minute,
-    )
 
 
 def _lock_key_first(conn: Connection, key_id: str) -> None:
