@@ -37,9 +37,6 @@ from tests.upstreams.openai_server import FakeOpenAI, Fault
 HELLO = [{"role": "user", "content": "one two three four"}]
 DOLLAR = 10**9
 SERVERS = [p for p in database_urls() if p.id != "sqlite"]
-# libpq has no client-side read timeout: a PostgreSQL that accepts bytes and never answers
-# is bounded only on a real network (tcp_user_timeout); see README, Reliability.
-MARIADB = [p for p in database_urls() if p.id == "mariadb"]
 
 
 class FakeClock:
@@ -274,7 +271,7 @@ class TestDatabaseFaults:
         assert books.key(key).spent_nanos == row.charged_nanos > 0
 
 
-@pytest.mark.parametrize("database_url", MARIADB, indirect=True)
+@pytest.mark.parametrize("database_url", SERVERS, indirect=True)
 def test_a_stalled_database_is_a_quick_503(through_proxy: tuple[Router, TCPProxy]) -> None:
     router, proxy = through_proxy
     _, secret = router.create_key("free")

@@ -48,9 +48,12 @@ def create_engine_for(database_url: str, *, timeout: float = 5.0) -> Engine:
             event.listen(engine, "connect", _mysql_left_to_right)
             return engine
         if backend == "postgresql":
-            return create_engine(
+            engine = create_engine(
                 url, connect_args=_postgres_timeouts(url.drivername, timeout), **pooled
             )
+            if url.drivername == "postgresql+psycopg":
+                _bound_psycopg_waits(engine, timeout)
+            return engine
         return create_engine(url, **pooled)
     except NoSuchModuleError:
         raise ConfigError(
@@ -82,6 +85,18 @@ def _postgres_timeouts(driver: str, timeout: float) -> dict[str, Any]:
         "keepalives_count": 3,
         "tcp_user_timeout": ms,
     }
+
+
+def _bound_psycopg_waits(engine: Engine, timeout: float) -> None:
+    from .postgres_wait import timed_connection_class
+
+    # A little past the server's statement_timeout, so that a live server's own clean
+    # cancellation comes first.
+    connection_class = timed_connection_class(timeout + 1.0)
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        return connection_class.connect(*cargs, **cparams)
 
 
 def _mysql_timeouts(driver: str, timeout: float) -> dict[str, Any]:
