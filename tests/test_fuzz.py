@@ -12,9 +12,12 @@ release, run the long one (random, many more examples)::
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
+import socket
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +30,7 @@ from hypothesis import strategies as st
 from flask_ext.app import create_app
 from llmrouter import Router
 from tests.conftest import gateway_config
+from tests.upstreams.loopback import LoopbackServer
 
 LONG_RUN_EXAMPLES = int(os.environ.get("LLMROUTER_FUZZ_EXAMPLES", "3000"))
 GOOD: dict[str, Any] = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
@@ -37,6 +41,7 @@ class Gateway:
     """The app under fuzz, its keys, and every error the ``llmrouter`` logger logged."""
 
     client: FlaskClient
+    port: int
     keys: dict[str, str]
     logged: list[logging.LogRecord] = field(default_factory=list)
 
@@ -63,11 +68,12 @@ def gateway() -> Iterator[Gateway]:
     paid_record, paid = router.create_key("paid")
     router.top_up(paid_record.id, "1000")
     admin = router.create_key("admin", admin=True)[1]
-    gateway = Gateway(app.test_client(), {"free": free, "paid": paid, "admin": admin})
-    handler = _Collect(gateway.logged)
+    keys = {"free": free, "paid": paid, "admin": admin}
+    handler = _Collect([])
     logging.getLogger("llmrouter").addHandler(handler)
     try:
-        yield gateway
+        with LoopbackServer(app) as server:
+            yield Gateway(app.test_client(), server.port, keys, handler.into)
     finally:
         logging.getLogger("llmrouter").removeHandler(handler)
         router.close()
@@ -410,6 +416,44 @@ def send(gateway: Gateway, call: Call) -> Any:
     )
 
 
+@dataclass
+class WireAnswer:
+    """An answer read off a socket, with the parts of Flask's test response we check."""
+
+    status_code: int
+    mimetype: str
+    body: bytes
+
+    def get_data(self) -> bytes:
+        return self.body
+
+
+def send_over_socket(gateway: Gateway, call: Call) -> WireAnswer:
+    """The call as bytes on a real connection to werkzeug's server (what ``llmrouter
+    serve`` runs): our own request line, headers and Content-Length, as a client may."""
+    headers = dict(call.headers)
+    for name, key in gateway.keys.items():
+        headers = {header: value.replace(f"{{{name}}}", key) for header, value in headers.items()}
+    query = urllib.parse.urlencode(
+        {k: v.encode("utf-8", "surrogatepass") for k, v in call.query.items()}
+    )
+    path = urllib.parse.quote(call.path, safe="/%") + (f"?{query}" if query else "")
+    body = call.body or b""
+    length = call.environ.get("CONTENT_LENGTH", str(len(body)) if call.body is not None else None)
+    lines = [f"{call.method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    if length is not None:
+        lines.append(f"Content-Length: {length}")
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body)
+        sock.shutdown(socket.SHUT_WR)  # a Content-Length beyond the body ends here
+        answer = http.client.HTTPResponse(sock, method=call.method)
+        answer.begin()
+        data = answer.read()
+        mimetype = (answer.getheader("Content-Type") or "").partition(";")[0]
+        return WireAnswer(answer.status, mimetype, data)
+
+
 def assert_well_answered(gateway: Gateway, response: Any, *, method: str = "POST") -> None:
     """No 5xx, no traceback logged, and any error in OpenAI's shape."""
     body = response.get_data()
@@ -451,9 +495,10 @@ def assert_healthy(gateway: Gateway) -> None:
     assert gateway.client.get("/health").status_code == 200
 
 
-def check_call(gateway: Gateway) -> Callable[[Call], None]:
+def check_call(gateway: Gateway, *, wire: bool = False) -> Callable[[Call], None]:
     def check(call: Call) -> None:
-        assert_well_answered(gateway, send(gateway, call), method=call.method)
+        answer = send_over_socket(gateway, call) if wire else send(gateway, call)
+        assert_well_answered(gateway, answer, method=call.method)
 
     return check
 
@@ -520,6 +565,12 @@ def test_a_wrong_field_is_named(gateway: Gateway) -> None:
 @pytest.mark.fuzz
 def test_long_any_request_to_any_route(gateway: Gateway) -> None:
     run(LONG_RUN_EXAMPLES, calls(), check_call(gateway))
+    assert_healthy(gateway)
+
+
+@pytest.mark.fuzz
+def test_long_any_request_over_a_real_socket(gateway: Gateway) -> None:
+    run(LONG_RUN_EXAMPLES, calls(), check_call(gateway, wire=True))
     assert_healthy(gateway)
 
 
