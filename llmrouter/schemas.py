@@ -407,9 +407,13 @@ def check_json_values(body: dict[str, Any]) -> None:
     Every request passes this once, over all of its JSON (unknown fields and schemas
     included), so nothing downstream (a database driver, a provider's encoder, the
     response) meets such a value. ASCII strings, most of a body, cost one ``isascii``.
+    A tool call's ``arguments`` is JSON in a string, which adapters parse and send on:
+    where it could hide such a value (an escape), its JSON is checked too.
     """
     try:
         found = _first_invalid(body)
+        if found is None:
+            found = _invalid_arguments(body.get("messages"))
     except RecursionError:
         raise InvalidRequestError("The request body is nested too deeply.") from None
     if found is None:
@@ -417,6 +421,32 @@ def check_json_values(body: dict[str, Any]) -> None:
     reason, path = found
     param = _param_of(path)
     raise InvalidRequestError(f"Invalid '{param or 'body'}': {reason}.", param=param or None)
+
+
+def _invalid_arguments(messages: Any) -> tuple[str, list[str | int]] | None:
+    """The first tool call whose ``arguments`` JSON holds an invalid value, if any."""
+    if type(messages) is not list:
+        return None
+    for m, message in enumerate(messages):
+        calls = message.get("tool_calls") if type(message) is dict else None
+        if type(calls) is not list:
+            continue
+        for c, call in enumerate(calls):
+            function = call.get("function") if type(call) is dict else None
+            arguments = function.get("arguments") if type(function) is dict else None
+            if type(arguments) is not str or not any(
+                hint in arguments for hint in ("\\u", "NaN", "Infinity")
+            ):
+                continue
+            try:
+                found = _first_invalid(json.loads(arguments))
+            except ValueError:  # not JSON: the provider says so, or forwards it as text
+                continue
+            if found is not None:
+                reason, inner = found
+                at = f"its JSON at '{_param_of(inner)}'" if inner else "its JSON"
+                return f"{at} {reason}", ["arguments", "function", c, "tool_calls", m, "messages"]
+    return None
 
 
 _LONE_SURROGATE = "contains a lone UTF-16 surrogate, which is not a Unicode character"

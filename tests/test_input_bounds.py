@@ -133,6 +133,34 @@ def test_a_lone_surrogate_anywhere_is_400_naming_the_field(
     assert "surrogate" in error["message"]
 
 
+@pytest.mark.parametrize(
+    ("arguments", "where"),
+    [
+        ('{"city": "\\ud800"}', "'city'"),
+        ('{"\\udfff": 1}', "its JSON has a key"),
+        ('{"temperature": NaN}', "'temperature' must be a finite number"),
+        ('{"a": [1, Infinity]}', "'a[1]'"),
+    ],
+)
+def test_a_tool_calls_arguments_are_checked_as_the_json_they_hold(
+    client: FlaskClient, api_key: str, arguments: str, where: str
+) -> None:
+    # Adapters parse arguments into objects and send them on (Anthropic's input, Gemini's
+    # args): an escape in the string would become a surrogate there.
+    error = assert_invalid(
+        chat(client, api_key, _with_tool_call(arguments)),
+        "messages[1].tool_calls[0].function.arguments",
+    )
+    assert where in error["message"]
+
+
+def test_a_tool_calls_arguments_that_are_not_json_are_left_to_the_provider(
+    client: FlaskClient, api_key: str
+) -> None:
+    response = chat(client, api_key, _with_tool_call("not json \\u and NaN"))
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
 def test_a_surrogate_encoded_as_utf8_bytes_is_400_naming_the_field(
     client: FlaskClient, api_key: str
 ) -> None:
