@@ -294,25 +294,16 @@ def ask(client: openai.OpenAI, model: str, streamed: bool) -> Answer:
 
 # --------------------------------------------------------------------------- the matrix
 
-#: cells the code does not meet yet (provider, fault label): why. Strict, so that a fix
-#: shows up as XPASS and the entry is removed.
-KNOWN_FAILURES = {
-    ("Anthropic", "usage missing"): "the adapter reads a missing usage as 0 tokens: billed 0",
-    ("Gemini", "503 + Retry-After"): "the adapter reads google.rpc.RetryInfo on 429 only",
-}
-
 
 def cells() -> Iterator[Any]:
     for upstream in UPSTREAMS:
         for case in EXPECTED:
-            known = KNOWN_FAILURES.get((upstream.name, case.label))
-            marks = [pytest.mark.xfail(reason=known, strict=True)] if known else []
             for streamed in (False, True):
                 if (case.streamed if streamed else case.plain) is None:
                     continue
                 mode = "streamed" if streamed else "plain"
                 name = f"{upstream.name}-{case.label}-{mode}"
-                yield pytest.param(upstream, case, streamed, id=name, marks=marks)
+                yield pytest.param(upstream, case, streamed, id=name)
 
 
 @pytest.mark.parametrize(("upstream", "case", "streamed"), list(cells()))

@@ -379,7 +379,7 @@ def translate_response(payload: dict[str, Any], json_mode: bool) -> ChatCompleti
         created=int(time.time()),
         model=payload["model"],
         choices=[Choice(index=0, message=message, finish_reason=finish)],
-        usage=usage_of(payload.get("usage") or {}),
+        usage=usage_of(payload.get("usage")),
     )
 
 
@@ -389,8 +389,12 @@ def finish_reason(stop_reason: str | None, json_mode: bool) -> str:
     return _FINISH_REASONS.get(stop_reason or "end_turn", "stop")
 
 
-def usage_of(usage: dict[str, Any]) -> Usage:
-    """OpenAI usage: cache writes and reads are prompt tokens too (Anthropic counts them apart)."""
+def usage_of(usage: Any) -> Usage | None:
+    """OpenAI usage: cache writes and reads are prompt tokens too (Anthropic counts them apart).
+    None when the answer reported no output tokens (an Anthropic-compatible server may leave
+    usage out): the Router then estimates it rather than billing nothing."""
+    if not isinstance(usage, dict) or not isinstance(usage.get("output_tokens"), int):
+        return None
     cached = usage.get("cache_read_input_tokens") or 0
     prompt = (usage.get("input_tokens") or 0) + (usage.get("cache_creation_input_tokens") or 0)
     prompt += cached
@@ -453,10 +457,13 @@ class StreamTranslator:
         if kind == "message_stop":
             self.finished = True
             finish = finish_reason(self._stop_reason, self.json_mode)
-            usage = ChatCompletionChunk(
-                id=self._id, created=self._created, model=self._model, usage=usage_of(self._usage)
+            usage = usage_of(self._usage)
+            if usage is None:
+                return [self._chunk(Delta(), finish)]
+            usage_chunk = ChatCompletionChunk(
+                id=self._id, created=self._created, model=self._model, usage=usage
             )
-            return [self._chunk(Delta(), finish), usage]
+            return [self._chunk(Delta(), finish), usage_chunk]
         return []  # ping, and event types Anthropic may add
 
     def _block_start(self, index: int, block: dict[str, Any]) -> list[ChatCompletionChunk]:

@@ -50,7 +50,6 @@ from ..config import ProviderSettings
 from ..errors import (
     FailureScope,
     UpstreamError,
-    UpstreamRateLimitError,
     UpstreamUnsupportedError,
 )
 from ..schemas import (
@@ -109,13 +108,14 @@ class _GeminiTransport(HTTPTransport):
                 upstream_status=status,
                 scope=FailureScope.PROVIDER,
             )
-        if isinstance(error, UpstreamRateLimitError) and error.retry_after is None:
-            # google.rpc.RetryInfo holds a protobuf Duration such as "37s".
+        if (status == 429 or status >= 500) and error.retry_after is None:
+            # google.rpc.RetryInfo holds a protobuf Duration such as "37s"; Gemini sends it
+            # where other providers send Retry-After, on 429 and on 503 alike.
             delay = next((d["retryDelay"] for d in details if "retryDelay" in d), None)
             seconds = retry_after_seconds(str(delay).removesuffix("s")) if delay else None
             if seconds is not None:
-                # Built anew, so that its Retry-After header says it too.
-                return UpstreamRateLimitError(
+                # Built anew, so that a 429's Retry-After header says it too.
+                return type(error)(
                     error.message,
                     provider=self.provider,
                     upstream_status=status,
