@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -124,7 +125,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    if args.older_than is not None and args.older_than < 0:
+    if args.older_than is not None and not 0 <= args.older_than < math.inf:
         print("llmrouter: --older-than must be 0 or more seconds", file=sys.stderr)
         return 2
     swept = _router(args).sweep(older_than=args.older_than)

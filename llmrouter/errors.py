@@ -38,7 +38,7 @@ refused connections, DNS, TLS, our credentials refused).
 from __future__ import annotations
 
 import math
-from enum import Enum
+from enum import StrEnum
 from typing import Any, ClassVar
 
 
@@ -167,7 +167,7 @@ class StoreUnavailableError(LLMRouterError):
     code = "store_unavailable"
 
 
-class FailureScope(str, Enum):
+class FailureScope(StrEnum):
     """What an upstream failure is evidence of (read by the circuit breakers)."""
 
     REQUEST = "request"  # the request is at fault: counts against no breaker

@@ -70,7 +70,11 @@ class MeteredStream:
     def __next__(self) -> ChatCompletionChunk:
         while not self._ended:
             try:
-                if self._deadline is not None and time.monotonic() > self._deadline:
+                if (
+                    self._deadline is not None
+                    and not self._finished
+                    and time.monotonic() > self._deadline
+                ):
                     raise UpstreamTimeoutError(
                         "the stream was cut: the call passed max_call_seconds"
                     )

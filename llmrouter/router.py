@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from .billing import Prices, estimate_usage, reservation_nanos, usage_or_estimate, usd_to_nanos
 from .config import KeyQuota, Settings, load_settings, source_label
@@ -54,9 +55,12 @@ from .store import (
 )
 
 log = logging.getLogger("llmrouter")
-#: how long past ``max_call_seconds`` a call's pending row waits before the sweeper may
-#: close it: time for its settlement to be written (and retried) after the call ended
+#: how long past its last possible attempt a call's pending row waits before the sweeper
+#: may close it: time for its settlement to be written (and retried) after the call ended
 SETTLE_GRACE_SECONDS = 60.0
+#: token counts are bounded so a provider reporting nonsense (negative, or past an INTEGER
+#: column) can neither pay a key nor fail an answered call
+MAX_TOKENS_REPORTED = 2**31 - 1
 
 
 @dataclass
@@ -93,6 +97,12 @@ class Router:
         self.keys = KeyAuthenticator(self.store, ttl_seconds=settings.key_cache_seconds)
         self._clock = clock
         self._settlements = SettlementQueue()
+        # No call can last longer: an attempt may start just before max_call_seconds and
+        # then run for its provider's connect and read timeouts.
+        longest_attempt = max(
+            (p.connect_timeout + p.read_timeout for p in settings.providers), default=0.0
+        )
+        self._ticket_lifetime = settings.max_call_seconds + longest_attempt + SETTLE_GRACE_SECONDS
         self.store.ensure_providers(list(self.adapters))
 
     @classmethod
@@ -169,13 +179,12 @@ class Router:
 
     def _admit(self, key: KeyRecord, target: Target, reserve: int) -> Admission:
         now = self._now_ms()
-        lifetime = self.settings.max_call_seconds + SETTLE_GRACE_SECONDS
         try:
             return self.store.admit(
                 key.id,
                 request_id="chatcmpl-" + uuid.uuid4().hex,
                 now=now,
-                deadline_at=now + int(lifetime * 1000),
+                deadline_at=now + int(self._ticket_lifetime * 1000),
                 defaults=self.quota.defaults,
                 reserve_nanos=reserve,
                 premium=target.model.premium,
@@ -199,15 +208,17 @@ class Router:
         def on_end(end: StreamEnd) -> None:
             self._settle(ticket, served, end.status, end.usage, end.usage_estimated, end.error)
 
-        return MeteredStream(
+        stream = MeteredStream(
             upstream,
             model=served.public_id,
             include_usage=bool(request.stream_options and request.stream_options.include_usage),
             estimate_usage=lambda delivered: estimate_usage(request, delivered),
             on_end=on_end,
             deadline=deadline,
-            on_dropped=lambda stream: self._settlements.submit(stream.close, "a dropped stream"),
+            on_dropped=lambda dropped: self._settlements.submit(dropped.close, "a dropped stream"),
         )
+        self._settlements.track(stream)
+        return stream
 
     def _dispatch_failed(self, ticket: Ticket, target: Target, exc: BaseException) -> None:
         """Account for a request no provider served: a failed call in the ledger, or, when
@@ -231,15 +242,17 @@ class Router:
     ) -> None:
         if status == "failed":  # nothing was delivered: nothing is billed
             usage, estimated = Usage(), False
-        cost = Prices.of(served.model).cost_nanos(usage.prompt_tokens, usage.completion_tokens)
+        prompt = min(max(usage.prompt_tokens, 0), MAX_TOKENS_REPORTED)
+        completion = min(max(usage.completion_tokens, 0), MAX_TOKENS_REPORTED)
+        cost = Prices.of(served.model).cost_nanos(prompt, completion)
         settlement = Settlement(
             ticket=ticket,
             provider=served.provider,
             model=served.public_id,
             upstream_model=served.upstream_model,
             status=status,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
             usage_estimated=estimated,
             cost_nanos=cost,
             finished_at=self._now_ms(),
@@ -249,27 +262,26 @@ class Router:
 
     def _settle_once(self, settlement: Settlement) -> None:
         if not self.store.settle(settlement):
-            # Swept (or settled) already: the ticket completes once; this one changes nothing.
-            log.warning(
-                "late settlement of %s ignored: its ticket was already closed (%s, cost %d "
-                "nano-USD unbilled)",
-                settlement.request_id,
-                settlement.status,
-                settlement.cost_nanos,
-            )
+            # Settled already (a retry whose first write went through): nothing moves twice.
+            log.info("settlement of %s was already written", settlement.request_id)
 
     def _write(self, write: Callable[[], object], what: str) -> None:
         """Write now, or, while the database is unavailable, in the background until it is
-        back (the caller is answered either way; the pending row holds the money)."""
+        back (the caller is answered either way; the pending row holds the money). A write
+        the database refuses for another reason is logged and its row left to the sweeper:
+        an answered call is never failed by its bookkeeping."""
         try:
             write()
         except StoreUnavailableError:
             log.warning("%s deferred: the database is unavailable", what)
             self._settlements.submit(write, what)
+        except SQLAlchemyError:
+            log.exception("%s failed; its pending row is left to the sweeper", what)
 
     def sweep(self, *, older_than: float | None = None) -> list[SweptCall]:
-        """Close the calls left ``pending`` past their deadline (``max_call_seconds`` plus
-        ``SETTLE_GRACE_SECONDS`` after admission) as ``abandoned``: their reservations are
+        """Close the calls left ``pending`` past their deadline (``max_call_seconds``, plus
+        the longest attempt any provider allows, plus ``SETTLE_GRACE_SECONDS``, after
+        admission) as ``abandoned``: their reservations are
         released, their allowance units stay used. ``older_than`` (seconds) instead takes
         every pending call admitted that long ago or more, e.g. ``0`` after a crash when
         no process is serving."""

@@ -6,8 +6,9 @@ ledger row keeps the money accounted for meanwhile; only if this process dies fi
 the sweeper close that row as ``abandoned``. Every write is idempotent (a ticket completes
 once), so a retry after a write whose acknowledgement was lost changes nothing twice.
 
-At interpreter exit the queue is flushed for a few seconds; what is still unwritten then
-is left to the sweeper, by design.
+At ``Router.close()`` and at interpreter exit, the streams still open are closed (billed
+for what they delivered) and the queue is flushed for a few seconds; what is still
+unwritten then is left to the sweeper, by design.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from .errors import StoreUnavailableError
 
@@ -36,6 +38,11 @@ FLUSH_SECONDS = 5.0
 class _Write:
     run: Callable[[], object]
     what: str
+    refused: bool = False  # the database refused it at least once
+
+
+class Closeable(Protocol):
+    def close(self) -> None: ...
 
 
 class SettlementQueue:
@@ -47,14 +54,23 @@ class SettlementQueue:
         self._one_pass = threading.Lock()  # the worker's pass or a flush's, never both
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._streams: weakref.WeakSet[Closeable] = weakref.WeakSet()
         _open_queues.add(self)
+
+    def track(self, stream: Closeable) -> None:
+        """Close ``stream`` at ``flush`` if it is still open then (interpreter exit)."""
+        self._streams.add(stream)
 
     def __len__(self) -> int:
         return len(self._writes)
 
     def submit(self, run: Callable[[], object], what: str) -> None:
         """Retry ``run`` until it stops raising ``StoreUnavailableError``; ``what`` names it
-        in the log."""
+        in the log. After ``close`` there is no worker: it is tried once, here."""
+        if self._closed:
+            self._writes.append(_Write(run, what))
+            self._try_all()
+            return
         with self._wake:
             self._writes.append(_Write(run, what))
             if self._thread is None:
@@ -67,6 +83,11 @@ class SettlementQueue:
     def flush(self, seconds: float = FLUSH_SECONDS) -> int:
         """Try the waiting writes until they are done or ``seconds`` pass; returns how many
         are left (each still has its pending row, for the sweeper)."""
+        for stream in list(self._streams):
+            try:
+                stream.close()  # settles, or queues its settlement here
+            except Exception:
+                log.exception("an open stream could not be closed at shutdown")
         deadline = time.monotonic() + seconds
         delay = FIRST_RETRY_SECONDS
         while self._writes and time.monotonic() < deadline:
@@ -111,11 +132,14 @@ class SettlementQueue:
                 try:
                     write.run()
                 except StoreUnavailableError:
+                    write.refused = True
                     return False
                 except Exception:
                     log.exception("%s could not be written and is left to the sweeper", write.what)
+                else:
+                    if write.refused:
+                        log.info("%s written after the database came back", write.what)
                 self._writes.popleft()
-                log.info("%s written after the database came back", write.what)
         return True
 
 

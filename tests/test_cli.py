@@ -79,6 +79,16 @@ def test_keys_create_json_list_topup_revoke(config: Path) -> None:
     assert json.loads(run("keys", "list", "--json", config=config).stdout)[0]["revoked"] is True
 
 
+def test_sweep_reports_what_it_closed_and_refuses_a_nonsense_age(config: Path) -> None:
+    swept = run("sweep", "--json", config=config)
+    assert (swept.returncode, json.loads(swept.stdout)) == (0, [])
+    assert run("sweep", config=config).stdout.strip() == "0 abandoned calls swept"
+    for age in ("-1", "nan", "inf"):
+        refused = run("sweep", "--older-than", age, config=config)
+        assert refused.returncode == 2 and "--older-than" in refused.stderr
+        assert "Traceback" not in refused.stderr
+
+
 def test_config_flag_wins_and_works_after_the_subcommand(config: Path, tmp_path: Path) -> None:
     other = tmp_path / "other.toml"
     other.write_text(CONFIG.format(db=tmp_path / "other.db"))

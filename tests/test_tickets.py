@@ -7,6 +7,7 @@ stall the database, and as a killed ``llmrouter serve`` process).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import secrets
@@ -25,7 +26,7 @@ import requests
 from sqlalchemy import select, text
 
 from llmrouter import Router
-from llmrouter.errors import StoreUnavailableError
+from llmrouter.errors import StoreUnavailableError, UpstreamTimeoutError
 from llmrouter.router import SETTLE_GRACE_SECONDS
 from llmrouter.store import KeyRecord
 from llmrouter.store.engine import create_engine_for
@@ -161,12 +162,12 @@ class TestTickets:
             row.charged_nanos,
         )
 
-    def test_a_call_left_pending_is_swept_once_and_its_late_settlement_changes_nothing(
+    def test_a_call_left_pending_is_swept_once_and_its_late_settlement_still_bills_once(
         self, paid: Any, books: Books
     ) -> None:
         router, key, secret = paid
         stream = router.chat(model=echo_model(router), messages=HELLO, api_key=secret, stream=True)
-        next(stream)
+        next(stream), next(stream)  # the role, then a word
         assert router.sweep() == []  # its deadline is far off
 
         [swept] = [c for c in router.sweep(older_than=0) if c.key_id == key.id]
@@ -176,11 +177,17 @@ class TestTickets:
         assert (row.status, row.cost_nanos, row.charged_nanos) == ("abandoned", 0, 0)
         assert "abandoned" in row.error
         assert books.key(key).balance_nanos == DOLLAR  # the reservation came back
-        stream.close()  # the original process settles late: nothing moves twice
+        stream.close()  # the process was alive after all: its settlement is still billed
         [row] = books.rows(key)
-        assert (row.status, row.charged_nanos) == ("abandoned", 0)
-        assert (books.key(key).balance_nanos, books.key(key).spent_nanos) == (DOLLAR, 0)
+        assert row.status == "partial" and row.charged_nanos == row.cost_nanos > 0
+        after = books.key(key)
+        assert (after.balance_nanos, after.spent_nanos) == (
+            DOLLAR - row.charged_nanos,
+            row.charged_nanos,
+        )
         assert [c for c in router.sweep(older_than=0) if c.key_id == key.id] == []
+        stream.close()
+        assert books.key(key).balance_nanos == DOLLAR - row.charged_nanos  # once
 
     def test_the_sweeper_keeps_the_allowance_unit_and_waits_for_the_deadline(
         self,
@@ -196,7 +203,9 @@ class TestTickets:
         key, secret = router.create_key("free")
         stream = router.chat(model=echo_model(router), messages=HELLO, api_key=secret, stream=True)
         next(stream)
-        clock.at += 30 + SETTLE_GRACE_SECONDS - 1
+        # max_call_seconds, then the longest attempt (the upstream's default connect and
+        # read timeouts, 5 + 120 s) and the grace for the settlement to be written
+        clock.at += 30 + 125 + SETTLE_GRACE_SECONDS - 1
         assert router.sweep() == []
         clock.at += 2
 
@@ -207,6 +216,94 @@ class TestTickets:
         assert [(u.requests, u.abandoned, u.failed) for u in router.usage(key_id=key.id)] == [
             (1, 1, 0)
         ]
+
+    def test_usage_a_provider_reports_out_of_range_neither_pays_the_key_nor_fails_the_call(
+        self, paid: Any, books: Books, fake_openai: FakeOpenAI
+    ) -> None:
+        router, key, secret = paid
+        for completion_tokens in (-1_000_000, 3_000_000_000):
+            fake_openai.script.append(Fault(raw=_answer_with_usage(completion_tokens)))
+            reply = router.chat(model=upstream_model(router), messages=HELLO, api_key=secret)
+            assert reply.choices[0].message.content == "as you wish"
+        negative, huge = books.rows(key)
+        assert (negative.status, negative.completion_tokens, negative.charged_nanos) == (
+            "ok",
+            0,
+            8_000,
+        )
+        assert (huge.status, huge.completion_tokens) == ("ok", 2**31 - 1)
+        assert huge.charged_nanos == huge.reserved_nanos  # capped at what was reserved
+        after = books.key(key)
+        assert after.spent_nanos == negative.charged_nanos + huge.charged_nanos
+        assert after.balance_nanos == DOLLAR - after.spent_nanos
+
+    def test_a_stream_that_finished_is_ok_even_when_read_after_the_deadline(
+        self,
+        make_router: Callable[..., Router],
+        database_url: str,
+        fake_openai: FakeOpenAI,
+        books: Books,
+    ) -> None:
+        router = make_router(config_for(database_url, fake_openai, max_call_seconds=0.5))
+        key, secret = router.create_key("free")
+        stream = router.chat(model=echo_model(router), messages=HELLO, api_key=secret, stream=True)
+        chunks = [next(stream) for _ in range(6)]  # the role, four words, the finish
+        assert chunks[-1].choices[0].finish_reason == "stop"
+        time.sleep(0.6)
+        assert list(stream) == []
+        assert [r.status for r in books.rows(key)] == ["ok"]
+
+    def test_a_stream_past_its_deadline_is_cut_and_billed_partial(
+        self,
+        make_router: Callable[..., Router],
+        database_url: str,
+        fake_openai: FakeOpenAI,
+        books: Books,
+    ) -> None:
+        router = make_router(config_for(database_url, fake_openai, max_call_seconds=0.5))
+        key, secret = router.create_key("free")
+        stream = router.chat(model=echo_model(router), messages=HELLO, api_key=secret, stream=True)
+        next(stream), next(stream)
+        time.sleep(0.6)
+        with pytest.raises(UpstreamTimeoutError, match="max_call_seconds"):
+            next(stream)
+        [row] = books.rows(key)
+        assert row.status == "partial" and row.completion_tokens > 0
+
+    def test_a_stream_dropped_after_the_router_closed_is_still_settled(
+        self, paid: Any, books: Books
+    ) -> None:
+        router, key, secret = paid
+        stream = router.chat(model=echo_model(router), messages=HELLO, api_key=secret, stream=True)
+        next(stream), next(stream)
+        router._settlements.close()  # what Router.close() does first
+        assert [r.status for r in books.rows(key)] == ["partial"]  # closed, billed
+        del stream
+        gc.collect()
+        assert books.key(key).spent_nanos == books.rows(key)[0].charged_nanos > 0
+
+
+def _answer_with_usage(completion_tokens: int) -> str:
+    return json.dumps(
+        {
+            "id": "chatcmpl-x",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "gpt-4o-mini",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "as you wish"},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": 8,
+                "completion_tokens": completion_tokens,
+                "total_tokens": 8 + completion_tokens,
+            },
+        }
+    )
 
 
 # ------------------------------------------------------------------ the database goes away

@@ -115,7 +115,7 @@ class Settlement:
         """What the key pays: only credit-paid calls, never more than was reserved."""
         if self.ticket.kind is not AdmissionKind.CREDITS or self.status == "failed":
             return 0
-        return min(self.cost_nanos, self.ticket.reserved_nanos)
+        return max(0, min(self.cost_nanos, self.ticket.reserved_nanos))
 
 
 @dataclass(frozen=True)

@@ -20,24 +20,25 @@ TICKET_INSERT = insert(ledger)
 
 # Completes the ticket's row, only while it is still pending: whoever completes it first
 # (the call's own settlement, a retry of it, or the sweeper) is the only one to move money.
-TICKET_COMPLETE = (
-    update(ledger)
-    .where(_l.request_id == bindparam("l_request_id"), _pending)
-    .values(
-        provider=bindparam("l_provider"),
-        model=bindparam("l_model"),
-        upstream_model=bindparam("l_upstream_model"),
-        status=bindparam("l_status"),
-        prompt_tokens=bindparam("l_prompt_tokens"),
-        completion_tokens=bindparam("l_completion_tokens"),
-        usage_estimated=bindparam("l_usage_estimated"),
-        cost_nanos=bindparam("l_cost_nanos"),
-        charged_nanos=bindparam("l_charged_nanos"),
-        day=bindparam("l_day"),
-        finished_at=bindparam("l_finished_at"),
-        error=bindparam("l_error"),
-        deadline_at=None,
-    )
+_COMPLETE = update(ledger).values(
+    provider=bindparam("l_provider"),
+    model=bindparam("l_model"),
+    upstream_model=bindparam("l_upstream_model"),
+    status=bindparam("l_status"),
+    prompt_tokens=bindparam("l_prompt_tokens"),
+    completion_tokens=bindparam("l_completion_tokens"),
+    usage_estimated=bindparam("l_usage_estimated"),
+    cost_nanos=bindparam("l_cost_nanos"),
+    charged_nanos=bindparam("l_charged_nanos"),
+    day=bindparam("l_day"),
+    finished_at=bindparam("l_finished_at"),
+    error=bindparam("l_error"),
+    deadline_at=None,
+)
+TICKET_COMPLETE = _COMPLETE.where(_l.request_id == bindparam("l_request_id"), _pending)
+# The call's own settlement, after the sweeper closed its row: still billed, once.
+TICKET_COMPLETE_LATE = _COMPLETE.where(
+    _l.request_id == bindparam("l_request_id"), _l.status == "abandoned"
 )
 
 # A request that never became a call (no provider could carry it) leaves no row.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import (
@@ -179,42 +180,45 @@ class Store(KeyStore):
         """Complete the call's ticket row and move its money, in one transaction.
 
         A failed call hands back what its admission took (allowance, throttle slot,
-        reservation). A ticket already completed (settled before, or swept) changes
-        nothing: returns False.
+        reservation). A ticket already settled changes nothing: returns False. A ticket
+        the sweeper closed (its process was thought dead) is still settled, once: the
+        reservation already went back, so the charge is taken from the balance as it is
+        now (which may leave it below zero: a debt that refuses paid calls until a top-up),
+        and a failed call hands back the allowance unit the sweeper kept.
         """
         ticket = settlement.ticket
         charged = settlement.charged_nanos
+        params = {
+            "l_request_id": ticket.request_id,
+            "l_provider": settlement.provider,
+            "l_model": settlement.model,
+            "l_upstream_model": settlement.upstream_model,
+            "l_status": settlement.status,
+            "l_prompt_tokens": settlement.prompt_tokens,
+            "l_completion_tokens": settlement.completion_tokens,
+            "l_usage_estimated": settlement.usage_estimated,
+            "l_cost_nanos": settlement.cost_nanos,
+            "l_charged_nanos": charged,
+            "l_day": settlement.finished_at // 86_400_000,
+            "l_finished_at": settlement.finished_at,
+            "l_error": settlement.error[:500] if settlement.error else None,
+        }
         with self.transaction() as conn:
             if ticket.reserved_nanos or settlement.status == "failed":
                 _lock_key_first(conn, ticket.key_id)
-            completed = conn.execute(
-                settlement_sql.TICKET_COMPLETE,
-                {
-                    "l_request_id": ticket.request_id,
-                    "l_provider": settlement.provider,
-                    "l_model": settlement.model,
-                    "l_upstream_model": settlement.upstream_model,
-                    "l_status": settlement.status,
-                    "l_prompt_tokens": settlement.prompt_tokens,
-                    "l_completion_tokens": settlement.completion_tokens,
-                    "l_usage_estimated": settlement.usage_estimated,
-                    "l_cost_nanos": settlement.cost_nanos,
-                    "l_charged_nanos": charged,
-                    "l_day": settlement.finished_at // 86_400_000,
-                    "l_finished_at": settlement.finished_at,
-                    "l_error": settlement.error[:500] if settlement.error else None,
-                },
-            ).rowcount
-            if not completed:
-                return False
+            held = ticket
+            if not conn.execute(settlement_sql.TICKET_COMPLETE, params).rowcount:
+                if not conn.execute(settlement_sql.TICKET_COMPLETE_LATE, params).rowcount:
+                    return False
+                held = replace(ticket, reserved_nanos=0)  # the sweeper gave it back
             if settlement.status == "failed":
-                self._release(conn, ticket)
+                self._release(conn, held)
             elif ticket.reserved_nanos:
                 conn.execute(
                     settlement_sql.CHARGE,
                     {
                         "s_key": ticket.key_id,
-                        "s_refund": ticket.reserved_nanos - charged,
+                        "s_refund": held.reserved_nanos - charged,
                         "s_charged": charged,
                     },
                 )
@@ -295,7 +299,6 @@ class Store(KeyStore):
                         settlement_sql.RELEASE_CREDITS,
                         {"s_key": row.key_id, "s_reserved": row.reserved_nanos},
                     )
-                self._add_provider_total(conn, row.provider, 0, 0, 0)
             swept.append(
                 SweptCall(
                     row.request_id, row.key_id, row.admission, row.started_at, row.reserved_nanos
