@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -340,13 +341,15 @@ class Router:
         return self.store.list_keys()
 
     def revoke_key(self, key_id: str) -> KeyRecord:
-        record = self.store.revoke_key(key_id, now=self._now_ms())
+        record = self.store.revoke_key(_key_id(key_id), now=self._now_ms())
         self.keys.forget_all()
         return record
 
     def top_up(self, key_id: str, amount: Decimal | str | int) -> KeyRecord:
         """Add ``amount`` USD to a key's prepaid balance."""
-        return self.store.top_up(key_id, _positive_nanos(amount, "amount"), now=self._now_ms())
+        return self.store.top_up(
+            _key_id(key_id), _positive_nanos(amount, "amount"), now=self._now_ms()
+        )
 
     def usage(
         self,
@@ -355,7 +358,11 @@ class Router:
         since_day: int | None = None,
         until_day: int | None = None,
     ) -> list[UsageRow]:
-        return self.store.usage(key_id=key_id, since_day=since_day, until_day=until_day)
+        return self.store.usage(
+            key_id=None if key_id is None else _key_id(key_id),
+            since_day=since_day,
+            until_day=until_day,
+        )
 
     def provider_totals(self) -> list[ProviderTotal]:
         return self.store.provider_totals()
@@ -369,6 +376,17 @@ def _build_adapters(settings: Settings) -> dict[str, ProviderAdapter]:
         except ConfigError as exc:
             raise exc.at("", f"providers[{index}]({provider.name})") from None
     return adapters
+
+
+def _key_id(key_id: str) -> str:
+    """``key_id`` if it can be one (``key_`` and hex; some stores refuse NUL or surrogates
+    in a query, which must be a 400 naming it, not a database error)."""
+    if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
+        raise InvalidRequestError(f"key_id {key_id!r:.80} is not an API key id", param="key_id")
+    return key_id
+
+
+_KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
 def _positive_nanos(amount: Decimal | str | int, field: str, *, allow_zero: bool = False) -> int:

@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 
 from flask_ext import LLMRouter
 from llmrouter import Router
+from llmrouter.errors import InvalidRequestError
 from tests.conftest import gateway_config
 from tests.upstreams.loopback import LoopbackServer
 
@@ -353,3 +354,26 @@ def test_the_server_answers_well_after_broken_bodies(server: LoopbackServer, api
     status, payload = send_raw(server, head(api_key, "Transfer-Encoding: chunked"), chunked)
     assert status == 200, payload
     assert payload["choices"][0]["message"]["content"] == "hi"
+
+
+@pytest.mark.parametrize("key_id", ["%00", "key_%00x", "%ED%A0%80", "a" * 40, "key;drop"])
+def test_a_key_id_that_cannot_be_one_is_a_400_naming_it(
+    router: Router, client: FlaskClient, key_id: str
+) -> None:
+    _, admin = router.create_key("admin", admin=True)
+    response = client.get(
+        f"/v1/usage?key_id={key_id}", headers={"Authorization": f"Bearer {admin}"}
+    )
+    assert_invalid(response, "key_id")
+
+
+@pytest.mark.parametrize("key_id", ["\x00", "key_\ud800", ""])
+def test_key_operations_refuse_an_impossible_key_id(router: Router, key_id: str) -> None:
+    for operation in (
+        lambda: router.usage(key_id=key_id),
+        lambda: router.revoke_key(key_id),
+        lambda: router.top_up(key_id, "1"),
+    ):
+        with pytest.raises(InvalidRequestError) as caught:
+            operation()
+        assert caught.value.param == "key_id"
