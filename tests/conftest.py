@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from flask import Flask
 
 from flask_ext import LLMRouter
@@ -158,3 +162,22 @@ def _server(variable: str, name: str, mark: pytest.MarkDecorator) -> Any:
     return pytest.param(
         url, id=name, marks=[mark, pytest.mark.skipif(not url, reason=f"{variable} is not set")]
     )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_serving(base: str, process: subprocess.Popen[bytes]) -> None:
+    """Until ``llmrouter serve`` at ``base`` answers its health check (20 s at most)."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            requests.get(base + "/health", timeout=1)
+            return
+        except requests.ConnectionError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("llmrouter serve did not start") from None
+            time.sleep(0.1)

@@ -7,13 +7,14 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
 import requests
+
+from tests.conftest import free_port, wait_until_serving
 
 CONFIG = """
 database_url = "sqlite:///{db}"
@@ -122,12 +123,6 @@ def test_embedded_default_uses_a_sqlite_file_in_the_working_directory(tmp_path: 
     assert (tmp_path / "llmrouter.db").exists()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def served(config: Path) -> Iterator[str]:
     port = free_port()
@@ -140,15 +135,7 @@ def served(config: Path) -> Iterator[str]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                requests.get(base + "/health", timeout=1)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("llmrouter serve did not start") from None
-                time.sleep(0.1)
+        wait_until_serving(base, process)
         yield base
     finally:
         process.terminate()

@@ -31,7 +31,7 @@ from llmrouter.router import SETTLE_GRACE_SECONDS
 from llmrouter.store import KeyRecord
 from llmrouter.store.engine import create_engine_for
 from llmrouter.store.tables import api_keys, ledger
-from tests.conftest import UPSTREAM_KEY, database_urls
+from tests.conftest import UPSTREAM_KEY, database_urls, free_port, wait_until_serving
 from tests.tcp_proxy import TCPProxy
 from tests.upstreams.openai_server import FakeOpenAI, Fault
 
@@ -133,6 +133,16 @@ def paid(make_router: Callable[..., Router], database_url: str, fake_openai: Fak
     """A router and a key paying from a $1 balance (no free allowance)."""
     router = make_router(config_for(database_url, fake_openai))
     key, secret = router.create_key("paid", daily_requests=0, credits=1)
+    return router, key, secret
+
+
+@pytest.fixture
+def half_second_calls(
+    make_router: Callable[..., Router], database_url: str, fake_openai: FakeOpenAI
+) -> Any:
+    """A router whose calls may last half a second, and a free key."""
+    router = make_router(config_for(database_url, fake_openai, max_call_seconds=0.5))
+    key, secret = router.create_key("free")
     return router, key, secret
 
 
@@ -238,14 +248,9 @@ class TestTickets:
         assert after.balance_nanos == DOLLAR - after.spent_nanos
 
     def test_a_stream_that_finished_is_ok_even_when_read_after_the_deadline(
-        self,
-        make_router: Callable[..., Router],
-        database_url: str,
-        fake_openai: FakeOpenAI,
-        books: Books,
+        self, half_second_calls: Any, books: Books
     ) -> None:
-        router = make_router(config_for(database_url, fake_openai, max_call_seconds=0.5))
-        key, secret = router.create_key("free")
+        router, key, secret = half_second_calls
         stream = router.chat(model=echo_model(router), messages=HELLO, api_key=secret, stream=True)
         chunks = [next(stream) for _ in range(6)]  # the role, four words, the finish
         assert chunks[-1].choices[0].finish_reason == "stop"
@@ -254,14 +259,9 @@ class TestTickets:
         assert [r.status for r in books.rows(key)] == ["ok"]
 
     def test_a_stream_past_its_deadline_is_cut_and_billed_partial(
-        self,
-        make_router: Callable[..., Router],
-        database_url: str,
-        fake_openai: FakeOpenAI,
-        books: Books,
+        self, half_second_calls: Any, books: Books
     ) -> None:
-        router = make_router(config_for(database_url, fake_openai, max_call_seconds=0.5))
-        key, secret = router.create_key("free")
+        router, key, secret = half_second_calls
         stream = router.chat(model=echo_model(router), messages=HELLO, api_key=secret, stream=True)
         next(stream), next(stream)
         time.sleep(0.6)
@@ -429,14 +429,6 @@ class _table_locked:
 # ------------------------------------------------------------------ a serving process dies
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _toml(config: dict[str, Any]) -> str:
     """Just enough TOML for these configs."""
 
@@ -477,7 +469,7 @@ def test_a_serving_process_killed_mid_stream_leaves_a_row_the_sweeper_settles(
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        _wait_until_serving(base, server)
+        wait_until_serving(base, server)
         response = requests.post(
             base + "/v1/chat/completions",
             headers={"Authorization": f"Bearer {secret}"},
@@ -511,15 +503,3 @@ def test_a_serving_process_killed_mid_stream_leaves_a_row_the_sweeper_settles(
     assert (row.status, row.charged_nanos) == ("abandoned", 0)
     after = books.key(key)
     assert (after.balance_nanos, after.spent_nanos, after.topped_up_nanos) == (DOLLAR, 0, DOLLAR)
-
-
-def _wait_until_serving(base: str, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            requests.get(base + "/health", timeout=1)
-            return
-        except requests.ConnectionError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("llmrouter serve did not start") from None
-            time.sleep(0.1)
