@@ -19,11 +19,11 @@ import itertools
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .breakers import BreakerPolicy, Breakers
+from .breakers import BreakerPolicy, Breakers, Passage
 from .errors import (
     FailureScope,
     ProviderCoolingDownError,
@@ -32,7 +32,7 @@ from .errors import (
 )
 from .naming import Target
 from .providers.base import ChunkStream, ProviderAdapter
-from .schemas import ChatCompletion, ChatRequest
+from .schemas import ChatCompletion, ChatCompletionChunk, ChatRequest
 
 #: a Retry-After longer than this is not waited for: the next fallback is tried instead
 MAX_RETRY_WAIT_SECONDS = 30.0
@@ -99,14 +99,43 @@ class Dispatcher:
                 raise
             return ChunkStream(itertools.chain([first], upstream), upstream.close)
 
-        return self._first_success(targets, open_stream, deadline)
+        def watched(stream: ChunkStream, passage: Passage, target: Target) -> ChunkStream:
+            # A stream's outcome is known at its end: one that breaks after its first chunk,
+            # or ends without a finish_reason (cut short upstream), counts against its
+            # deployment too; one the client closes early does not.
+            def chunks() -> Iterator[ChatCompletionChunk]:
+                finished = False
+                try:
+                    for chunk in stream:
+                        finished = finished or any(c.finish_reason for c in chunk.choices)
+                        yield chunk
+                    if not finished:
+                        raise UpstreamError(
+                            f"{target.provider} ended the stream before it finished",
+                            provider=target.provider,
+                        )
+                except UpstreamError as exc:
+                    passage.failed(exc.scope)
+                    raise
+                passage.succeeded()
+
+            def release() -> None:
+                stream.close()
+                passage.succeeded()  # a no-op when the outcome was reported already
+
+            return ChunkStream(chunks(), release)
+
+        return self._first_success(targets, open_stream, deadline, watched)
 
     def _first_success(
         self,
         targets: list[Target],
         call: Callable[[ProviderAdapter, Target], _T],
         deadline: float | None,
+        served: Callable[[_T, Passage, Target], _T] | None = None,
     ) -> tuple[_T, Target]:
+        """The first target's answer; ``served`` takes over reporting its outcome (a
+        stream's), else the answer is a success at once."""
         errors: list[UpstreamError] = []
         half_open_in: list[float] = []
         for target in targets:
@@ -129,8 +158,10 @@ class Dispatcher:
             except BaseException:
                 passage.abandoned()
                 raise
-            passage.succeeded()
-            return result, target
+            if served is None:
+                passage.succeeded()
+                return result, target
+            return served(result, passage, target), target
         raise _final_error(targets, errors, half_open_in)
 
     def _with_retries(

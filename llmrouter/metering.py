@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import LLMRouterError, UpstreamError, UpstreamTimeoutError
+from .errors import LLMRouterError, UpstreamTimeoutError
 from .providers.base import ChunkStream
 from .schemas import ChatCompletionChunk, Usage
 
@@ -34,10 +34,10 @@ class MeteredStream:
     (``stream_options.include_usage``) gets it as OpenAI sends it, in a last chunk with no
     choices, whichever way the provider sent it (or an estimate when it sent none).
 
-    A stream that ends without any ``finish_reason`` was cut short upstream: it raises
-    ``UpstreamError`` at its end (over HTTP, an error event instead of ``[DONE]``) and is
-    billed ``partial``. Past ``deadline`` (a ``time.monotonic()`` value) the stream is
-    cut the same way, with ``UpstreamTimeoutError``.
+    An upstream error (the dispatcher raises one for a stream that ends without any
+    ``finish_reason``: cut short upstream) ends it ``partial`` (over HTTP, an error event
+    instead of ``[DONE]``). Past ``deadline`` (a ``time.monotonic()`` value) an unfinished
+    stream is cut the same way, with ``UpstreamTimeoutError``.
     """
 
     def __init__(
@@ -80,10 +80,6 @@ class MeteredStream:
                     )
                 chunk = next(self._upstream)
             except StopIteration:
-                if not self._finished:
-                    exc = UpstreamError(f"the stream of {self._model} ended before it finished")
-                    self._end("partial" if self._delivered else "failed", exc.message)
-                    raise exc from None
                 end = self._end("ok")
                 if self._include_usage and self._last is not None:
                     return self._usage_chunk(self._last, end.usage)

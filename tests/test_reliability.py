@@ -314,6 +314,27 @@ def test_a_failing_model_never_fails_another_keys_requests_to_the_healthy_model(
     assert remaining_allowance(client) == router.settings.quota.daily_requests - 1
 
 
+@two_models(max_retries=0, cooldown_after=2)
+def test_streams_breaking_after_their_first_chunk_count_against_their_deployment(
+    client: openai.OpenAI, router: Router, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script.extend(
+        [Fault(model="gpt-broken", drop_after=2), Fault(model="gpt-broken", end_after=2)]
+    )
+    for _ in range(2):  # a dropped connection, then a stream ended without finishing
+        with pytest.raises(openai.APIError) as caught:
+            list(client.chat.completions.create(model=BROKEN, messages=HELLO, stream=True))
+        assert caught.value.code == "upstream_error"
+
+    with pytest.raises(openai.APIStatusError) as cooling:
+        client.chat.completions.create(model=BROKEN, messages=HELLO, stream=True)
+
+    assert (cooling.value.status_code, cooling.value.code) == (503, "provider_cooling_down")
+    assert [row.status for row in ledger_rows(router)] == ["partial", "partial"]
+    healthy = client.chat.completions.create(model=GPT, messages=HELLO, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in healthy if c.choices)
+
+
 @two_models(max_retries=0, cooldown_after=1)
 def test_cooling_down_hands_a_paid_keys_reservation_back(
     router: Router, live_api: str, fake_openai: FakeOpenAI
