@@ -3,15 +3,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response, request
 
+from llmrouter.errors import LLMRouterError, MethodNotAllowedError, NotFoundError
 from llmrouter.router import Router
 
-from .blueprint import error_response
 from .extension import LLMRouter
 
 
@@ -23,7 +24,18 @@ def create_app(config: str | os.PathLike[str] | Mapping[str, Any] | None = None)
         config if config is not None else os.environ.get("LLMROUTER_CONFIG")
     )
     LLMRouter(app, router=router)
+
     # The whole app is ours: routes nobody registered get OpenAI's error body too.
-    app.register_error_handler(404, error_response)
-    app.register_error_handler(405, error_response)
+    @app.errorhandler(404)
+    def not_found(_: Exception) -> Response:
+        return _error(NotFoundError(f"Unknown route: {request.method} {request.path}"))
+
+    @app.errorhandler(405)
+    def not_allowed(_: Exception) -> Response:
+        return _error(MethodNotAllowedError(f"{request.method} is not allowed on {request.path}"))
+
     return app
+
+
+def _error(exc: LLMRouterError) -> Response:
+    return Response(json.dumps(exc.to_dict()), status=exc.status, mimetype="application/json")

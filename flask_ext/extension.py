@@ -1,17 +1,22 @@
-"""``LLMRouter``: the Flask extension that mounts a Router's API inside an app."""
+"""``LLMRouter``: the Flask extension that mounts a Router's API inside an app.
+
+A thin adapter over ``llmrouter.http.RouterAPI``: Flask routes the API's paths to it, and
+it answers them; nothing of the protocol lives here.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, Flask
+from flask import Blueprint, Flask, Response, current_app, request
 
-from llmrouter import __version__
+from llmrouter.http import IDENTITY_KEY, ROUTES, Request, RouterAPI
 from llmrouter.router import Router
 
-from .blueprint import build_blueprint, json_response, router
+from .commands import register_commands
 
 #: Flask config keys read by ``init_app`` (constructor arguments win over them).
 CONFIG_KEYS = {
@@ -22,31 +27,65 @@ CONFIG_KEYS = {
     "clients that add /v1 themselves or never do (default True)",
     "LLMROUTER_HEALTH_ROUTE": 'the health check route (default "/health"; False to leave out)',
 }
+_ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+IdentityLoader = Callable[[], str | None]
 
 
 @dataclass
 class _State:
     router: Router
+    api: RouterAPI
+    identity_loader: IdentityLoader | None = None
+
+
+def current_router() -> Router:
+    """The Router of the current app (inside a request or an app context)."""
+    return _state().router
+
+
+def _state() -> _State:
+    state = current_app.extensions.get("llmrouter")
+    if state is None:
+        raise RuntimeError("LLMRouter is not registered on this app: call LLMRouter(app).")
+    return state
 
 
 class LLMRouter:
-    """Mount a Router as an OpenAI-compatible API: ``LLMRouter(app, router=router)``."""
+    """Mount a Router as an OpenAI-compatible API: ``LLMRouter(app, router=router)``, or
+    ``LLMRouter(app, db=db)`` to build one on a Flask-SQLAlchemy host's database."""
 
     def __init__(
         self,
         app: Flask | None = None,
         *,
         router: Router | None = None,
+        db: Any = None,
         url_prefix: str | None = None,
         unprefixed_routes: bool | None = None,
         health_route: str | bool | None = None,
     ) -> None:
+        if router is not None and db is not None:
+            raise ValueError("give LLMRouter a router or a db, not both")
         self._router = router
+        self._db = db
         self._url_prefix = url_prefix
         self._unprefixed_routes = unprefixed_routes
         self._health_route = health_route
+        self._identity_loader: IdentityLoader | None = None
         if app is not None:
             self.init_app(app)
+
+    def identity_loader(self, loader: IdentityLoader) -> IdentityLoader:
+        """Decorate a function returning the router key id of the signed-in user (or None):
+        the host's own login then calls the API without a Bearer secret."""
+        self._identity_loader = loader
+        for state in self._states:
+            state.identity_loader = loader
+        return loader
+
+    @property
+    def _states(self) -> list[_State]:
+        return getattr(self, "_registered", [])
 
     def init_app(self, app: Flask) -> None:
         if "llmrouter" in app.extensions:
@@ -54,46 +93,65 @@ class LLMRouter:
                 "LLMRouter is already registered on this app. Create one LLMRouter per app "
                 "(or call init_app once); to serve several routers, use several apps."
             )
-        router_ = self._router or Router.from_config(
-            app.config.get("LLMROUTER_CONFIG") or os.environ.get("LLMROUTER_CONFIG")
-        )
+        router = self._router or self._build_router(app)
         prefix = _pick(self._url_prefix, app.config.get("LLMROUTER_URL_PREFIX"), "/v1")
         unprefixed = _pick(
             self._unprefixed_routes, app.config.get("LLMROUTER_UNPREFIXED_ROUTES"), True
         )
         health = _pick(self._health_route, app.config.get("LLMROUTER_HEALTH_ROUTE"), "/health")
-        app.extensions["llmrouter"] = _State(router_)
         prefix = prefix.rstrip("/")
-        # Under its own prefix the API answers unknown routes itself (OpenAI's 404 body);
-        # at the root that would take over the host app's 404s, so it does not.
-        app.register_blueprint(
-            build_blueprint("llmrouter", catch_all=bool(prefix)), url_prefix=prefix or None
-        )
-        if unprefixed and prefix:
-            app.register_blueprint(build_blueprint("llmrouter_unprefixed", catch_all=False))
-        if health:
-            app.register_blueprint(_health_blueprint(health))
+        prefixes = (prefix, "") if unprefixed and prefix else (prefix,)
+        api = RouterAPI(router, prefixes=prefixes, health_route=health or None)
+        state = _State(router, api, self._identity_loader)
+        app.extensions["llmrouter"] = state
+        self._registered = [*self._states, state]
+        app.register_blueprint(_blueprint(prefixes, health or None))
+        register_commands(app)
+
+    def _build_router(self, app: Flask) -> Router:
+        config = app.config.get("LLMROUTER_CONFIG") or os.environ.get("LLMROUTER_CONFIG")
+        if self._db is None:
+            return Router.from_config(config)
+        # The host's engine, inside its app context: a relative SQLite path resolves
+        # exactly as the host's own does (Flask-SQLAlchemy puts it in the instance folder).
+        with app.app_context():
+            return Router.from_config(config, engine=self._db.engine)
+
+
+def _blueprint(prefixes: tuple[str, ...], health: str | None) -> Blueprint:
+    """Flask rules for the API's paths, all answered by ``_serve``. Under a prefix every
+    path is the API's (unknown ones get its 404); at the root only its own routes are, so
+    the host keeps its 404s."""
+    bp = Blueprint("llmrouter", __name__)
+    for prefix in prefixes:
+        if prefix:
+            bp.add_url_rule(prefix, "api", _serve, methods=_ANY_METHOD)
+            bp.add_url_rule(f"{prefix}/<path:rest>", "api", _serve, methods=_ANY_METHOD)
+            continue
+        for route in ROUTES:
+            rule = route.template.replace("{", "<path:").replace("}", ">")
+            bp.add_url_rule(rule, "api", _serve, methods=_ANY_METHOD)
+    if health:
+        bp.add_url_rule(health, "api", _serve, methods=_ANY_METHOD)
+    return bp
+
+
+def _serve(**_: str) -> Response:
+    state = _state()
+    environ = request.environ
+    if state.identity_loader is not None:
+        identity = state.identity_loader()
+        if identity:
+            environ[IDENTITY_KEY] = identity
+    answer = state.api.handle(Request.from_environ(environ))
+    response = Response(answer.body, status=answer.status, headers=answer.headers)
+    if answer.close is not None:
+        # The body's own cleanup does not run if it is closed before it starts.
+        response.call_on_close(answer.close)
+    return response
 
 
 def _pick(argument: Any, configured: Any, default: Any) -> Any:
     if argument is not None:
         return argument
     return configured if configured is not None else default
-
-
-def _health_blueprint(route: str) -> Blueprint:
-    bp = Blueprint("llmrouter_health", __name__)
-
-    @bp.route(route, methods=["GET"])
-    def health() -> Any:
-        r = router()
-        body = {"status": "healthy", "service": r.settings.service_name, "version": __version__}
-        try:
-            r.store.ping()
-        except Exception:
-            return json_response(
-                {**body, "status": "unhealthy", "reason": "the database is unreachable"}, 503
-            )
-        return json_response(body)
-
-    return bp

@@ -17,8 +17,13 @@ from .router import Router
 from .store import KeyRecord
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(
+    argv: Sequence[str] | None = None, *, router: Router | None = None, prog: str = "llmrouter"
+) -> int:
+    """The command line; ``router`` (``flask llmrouter``) runs the commands on that Router
+    instead of one built from ``--config``."""
+    args = _parser(prog).parse_args(argv)
+    args.given_router = router
     try:
         return args.run(args)
     except ConfigError as exc:
@@ -29,12 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = "llmrouter") -> argparse.ArgumentParser:
     config_help = (
         "TOML config file (default: $LLMROUTER_CONFIG, else the embedded default: "
         "SQLite file llmrouter.db here + the offline echo provider)"
     )
-    parser = argparse.ArgumentParser(prog="llmrouter", description=__doc__)
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--config", default=os.environ.get("LLMROUTER_CONFIG"), help=config_help)
     # --config is accepted after the subcommand too; SUPPRESS keeps an absent one from
     # overwriting the value given before the subcommand.
@@ -100,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _router(args: argparse.Namespace) -> Router:
-    return Router.from_config(args.config)
+    given: Router | None = args.given_router
+    return given if given is not None else Router.from_config(args.config)
 
 
 def _serve(args: argparse.Namespace) -> int:

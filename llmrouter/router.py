@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal, overload
 
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
@@ -24,6 +24,7 @@ from .errors import (
     InvalidRequestError,
     LLMRouterError,
     NotFoundError,
+    PermissionDeniedError,
     StoreUnavailableError,
     UpstreamError,
 )
@@ -127,6 +128,41 @@ class Router:
 
     # ------------------------------------------------------------------ chat
 
+    # The overloads tell a type checker what ``stream`` selects: a ``ChatCompletion`` by
+    # default, a ``MeteredStream`` for ``stream=True``, either for a ``bool`` known at run time.
+    @overload
+    def chat(
+        self,
+        *,
+        model: str,
+        messages: list[Any],
+        api_key: str | None,
+        stream: Literal[False] = False,
+        **params: Any,
+    ) -> ChatCompletion: ...
+
+    @overload
+    def chat(
+        self,
+        *,
+        model: str,
+        messages: list[Any],
+        api_key: str | None,
+        stream: Literal[True],
+        **params: Any,
+    ) -> MeteredStream: ...
+
+    @overload
+    def chat(
+        self,
+        *,
+        model: str,
+        messages: list[Any],
+        api_key: str | None,
+        stream: bool,
+        **params: Any,
+    ) -> ChatCompletion | MeteredStream: ...
+
     def chat(
         self,
         *,
@@ -141,9 +177,17 @@ class Router:
         body = {"model": model, "messages": messages, "stream": stream, **params}
         return self.complete(body, api_key=api_key).body
 
-    def complete(self, body: Mapping[str, Any] | ChatRequest, *, api_key: str | None) -> ChatResult:
-        """The whole pipeline for one request body; the HTTP layer's entry point."""
-        key = self.keys.authenticate(api_key)
+    def complete(
+        self,
+        body: Mapping[str, Any] | ChatRequest,
+        *,
+        api_key: str | None = None,
+        caller: KeyRecord | None = None,
+    ) -> ChatResult:
+        """The whole pipeline for one request body; the HTTP layer's entry point. The
+        caller is the key whose secret is ``api_key``, or ``caller`` when the host has
+        authenticated it already (see ``key_for_identity``)."""
+        key = caller if caller is not None else self.keys.authenticate(api_key)
         request = body if isinstance(body, ChatRequest) else parse_chat_request(body)
         target = self.catalog.resolve(request.model)
         targets = [target, *self.catalog.fallbacks(target)]
@@ -336,6 +380,49 @@ class Router:
         )
         self.keys.forget_all()
         return record, secret
+
+    def authenticate(self, api_key: str | None) -> KeyRecord:
+        """The active key whose secret is ``api_key`` (``AuthenticationError`` otherwise)."""
+        return self.keys.authenticate(api_key)
+
+    def key_for_identity(self, key_id: str) -> KeyRecord:
+        """The active key a host's own login maps to (``AuthenticationError`` when it is
+        unknown or revoked): the caller of a request that carries no secret."""
+        try:
+            record = self.store.get_key(_key_id(key_id))
+        except (NotFoundError, InvalidRequestError):
+            raise AuthenticationError("The signed-in user has no API key here.") from None
+        if not record.active:
+            raise AuthenticationError("This API key has been revoked.")
+        return record
+
+    def usage_visible_to(
+        self,
+        caller: KeyRecord,
+        *,
+        key_id: str | None = None,
+        since_day: int | None = None,
+        until_day: int | None = None,
+    ) -> list[UsageRow]:
+        """The usage ``caller`` may see: an admin any key's (all when ``key_id`` is None),
+        anyone else only their own (``PermissionDeniedError`` for another key's)."""
+        if key_id and key_id != caller.id and not caller.is_admin:
+            raise PermissionDeniedError(
+                "Only an admin key can see other keys' usage.", param="key_id"
+            )
+        return self.usage(
+            key_id=key_id or (None if caller.is_admin else caller.id),
+            since_day=since_day,
+            until_day=until_day,
+        )
+
+    def healthy(self) -> bool:
+        """Whether the database answers (within ``database_timeout_seconds``)."""
+        try:
+            self.store.ping()
+        except Exception:
+            return False
+        return True
 
     def list_keys(self) -> list[KeyRecord]:
         return self.store.list_keys()

@@ -1,0 +1,86 @@
+"""``RouterAPI``: a Router's OpenAI-compatible API as one WSGI application.
+
+Every front end is a thin adapter over it: ``llmrouter.wsgi.RouterMiddleware`` for any WSGI
+app, ``flask_ext.LLMRouter`` for Flask. The routes live in one table (``routes.py``) and
+answer under each of the API's prefixes (``/v1`` and, for clients that never add it, the
+bare root); the first prefix is the one ``GET /v1/provider`` lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import MethodNotAllowedError, NotFoundError
+from ..router import Router
+from .routes import HEALTH, ROUTES, Route
+from .wire import Request, Response, error_response
+
+
+@dataclass(frozen=True)
+class Match:
+    route: Route | None  # None: under the API's prefix, but no route (404)
+    parameter: str = ""
+
+
+class RouterAPI:
+    """The API of ``router`` at ``prefixes`` (canonical first; ``""`` is the root) and its
+    health check at ``health_route`` (None: none). Unknown paths below a non-empty prefix
+    get OpenAI's 404; at the root they are not the API's (a host keeps its own)."""
+
+    def __init__(
+        self,
+        router: Router,
+        *,
+        prefixes: tuple[str, ...] = ("/v1", ""),
+        health_route: str | None = "/health",
+    ) -> None:
+        self.router = router
+        self.prefixes = tuple(p.rstrip("/") for p in prefixes)
+        self.health_route = health_route
+
+    def endpoints(self, base: str = "") -> list[str]:
+        """``METHOD path`` of every route, under ``base`` (where the app is mounted)."""
+        listed = [f"{r.method} {base}{self.prefixes[0]}{r.template}" for r in ROUTES]
+        if self.health_route:
+            listed.append(f"GET {base}{self.health_route}")
+        return listed
+
+    def match(self, path: str) -> Match | None:
+        """The route ``path`` names, a 404 of the API's, or None when it is not the API's."""
+        if self.health_route and path == self.health_route:
+            return Match(HEALTH)
+        for prefix in self.prefixes:
+            if prefix and not (path == prefix or path.startswith(prefix + "/")):
+                continue
+            below = path[len(prefix) :]
+            for route in ROUTES:
+                parameter = route.match(below)
+                if parameter is not None:
+                    return Match(route, parameter)
+            if prefix:
+                return Match(None)
+        return None
+
+    def handle(self, request: Request) -> Response:
+        """The answer to ``request``: never an exception, never a traceback."""
+        match = self.match(request.path)
+        try:
+            if match is None or match.route is None:
+                raise NotFoundError(f"Unknown route: {request.method} {request.path}")
+            route = match.route
+            if request.method != route.method:
+                raise MethodNotAllowedError(
+                    f"{request.method} is not allowed on {request.path}; use {route.method}.",
+                    headers={"Allow": route.method},
+                )
+            request.environ["llmrouter.endpoints"] = self.endpoints(request.base)
+            return route.handler(self.router, request, match.parameter)
+        except Exception as exc:
+            return error_response(exc, request)
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        return self.handle(Request.from_environ(environ))(start_response)

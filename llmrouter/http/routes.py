@@ -1,0 +1,143 @@
+"""The API's routes: one table, each route a method, a path template, a handler and a line
+for the endpoint list of ``GET /v1/provider``. Handlers use only the Router's public
+methods."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .. import __version__, usage
+from ..errors import PermissionDeniedError
+from ..metering import MeteredStream
+from ..router import Router
+from ..store import KeyRecord
+from .wire import Request, Response, event_stream, json_response
+
+Handler = Callable[[Router, Request, str], Response]
+
+#: methods that change state: a cookie-authenticated one must prove it is same-site
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+CSRF_HEADER = "X-LLMRouter-CSRF"
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    #: below the API's prefix; a trailing ``{name}`` takes the rest of the path
+    template: str
+    handler: Handler
+    summary: str
+
+    def match(self, path: str) -> str | None:
+        """The path parameter (``""`` without one) when ``path`` is this route's."""
+        head, brace, _ = self.template.partition("{")
+        if not brace:
+            return "" if path == self.template else None
+        rest = path[len(head) :] if path.startswith(head) else ""
+        return rest or None
+
+
+def caller(router: Router, request: Request) -> KeyRecord:
+    """Who is asking: the key of a Bearer secret, else the key the host's login maps the
+    request to (a state-changing one only from the same site), else 401."""
+    secret = request.bearer_token()
+    if secret is None and request.identity is not None:
+        if request.method in UNSAFE_METHODS and not _same_site(request):
+            raise PermissionDeniedError(
+                f"A request signed in by cookie must send the {CSRF_HEADER} header or come "
+                "from this site (Origin): cross-site requests are refused."
+            )
+        return router.key_for_identity(request.identity)
+    return router.authenticate(secret)
+
+
+def _same_site(request: Request) -> bool:
+    if request.header(CSRF_HEADER):
+        return True  # a custom header: a cross-site form or simple request cannot send one
+    origin = request.header("Origin")
+    if not origin:
+        return False
+    scheme = request.environ.get("wsgi.url_scheme", "http")
+    return origin == f"{scheme}://{request.header('Host')}"
+
+
+def chat_completions(router: Router, request: Request, _: str) -> Response:
+    key = caller(router, request)
+    result = router.complete(request.json_body(router.settings.max_body_bytes), caller=key)
+    if isinstance(result.body, MeteredStream):
+        return event_stream(result.body, result.body.close, result.headers())
+    return json_response(result.body.model_dump_json(exclude_none=True), headers=result.headers())
+
+
+def list_models(router: Router, request: Request, _: str) -> Response:
+    return json_response(router.models().model_dump_json())
+
+
+def get_model(router: Router, request: Request, model_id: str) -> Response:
+    return json_response(router.model(model_id).model_dump_json())
+
+
+def usage_report(router: Router, request: Request, _: str) -> Response:
+    key = caller(router, request)
+    since, until = request.query.get("since"), request.query.get("until")
+    rows = router.usage_visible_to(
+        key,
+        key_id=request.query.get("key_id") or None,
+        since_day=usage.day_of(since, field="since") if since else None,
+        until_day=usage.day_of(until, field="until") if until else None,
+    )
+    return json_response(usage.report(rows))
+
+
+def provider_info(router: Router, request: Request, _: str) -> Response:
+    settings = router.settings
+    return json_response(
+        {
+            "object": "provider",
+            "name": settings.service_name,
+            "version": __version__,
+            "api": "openai-compatible",
+            "model_naming": "Provider#Model",
+            "endpoints": request.environ["llmrouter.endpoints"],
+            "capabilities": {
+                "streaming": True,
+                "tools": True,
+                "json_mode": True,
+                "usage_in_stream": True,
+            },
+            "providers": [
+                {"name": p.name, "kind": p.kind, "aliases": p.aliases, "models": len(p.models)}
+                for p in settings.providers
+            ],
+            "quota": {
+                "daily_requests": settings.quota.daily_requests,
+                "throttle_seconds": settings.quota.throttle_seconds,
+                "requests_per_minute": settings.quota.requests_per_minute,
+            },
+        }
+    )
+
+
+def health(router: Router, request: Request, _: str) -> Response:
+    body: dict[str, Any] = {
+        "status": "healthy",
+        "service": router.settings.service_name,
+        "version": __version__,
+    }
+    if router.healthy():
+        return json_response(body)
+    return json_response(
+        {**body, "status": "unhealthy", "reason": "the database is unreachable"}, 503
+    )
+
+
+ROUTES = (
+    Route("POST", "/chat/completions", chat_completions, "chat completions (streamed or not)"),
+    Route("GET", "/models", list_models, "the routable models"),
+    Route("GET", "/models/{model_id}", get_model, "one model (Provider#Model, '#' as %23)"),
+    Route("GET", "/provider", provider_info, "this service: endpoints, providers, quota"),
+    Route("GET", "/usage", usage_report, "usage and spend (admins: every key's)"),
+)
+HEALTH = Route("GET", "", health, "liveness and the database's health")
