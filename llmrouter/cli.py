@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 from . import __version__, usage
 from .billing import nanos_to_usd
 from .errors import ConfigError, LLMRouterError
@@ -120,7 +122,12 @@ def _serve(args: argparse.Namespace) -> int:
     router = app.extensions["llmrouter"].router
     every = router.settings.sweep_every_seconds
     sweeper = Sweeper(router, every).start() if every else None
-    print(f"llmrouter {__version__} serving on http://{args.host}:{args.port}/v1", file=sys.stderr)
+    database = make_url(router.settings.database_url).render_as_string(hide_password=True)
+    print(
+        f"llmrouter {__version__} serving on http://{args.host}:{args.port}/v1 "
+        f"(database {database}, config {args.config or 'the embedded default'})",
+        file=sys.stderr,
+    )
     try:
         run_simple(args.host, args.port, app, threaded=True)
     finally:
