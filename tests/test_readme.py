@@ -282,3 +282,19 @@ CHECKS = {
 
 def assert_line(output: str, expected: str) -> None:
     assert expected in output.replace(" ", ""), output
+
+
+def test_the_runner_carries_a_terminal_and_catches_a_failing_block(tmp_path: Path) -> None:
+    text = (
+        "## One\n\n```bash\nexport GREETING=hi\n```\n\n"
+        "```python\nimport os\nprint(os.environ['GREETING'], 'from 127.0.0.1:8000')\n```\n\n"
+        "<!-- not run: installs packages -->\n```bash\npip install nothing\n```\n\n"
+        "## Two\n\n```bash\nfalse\necho unreachable\n```\n"
+    )
+    one, two = readme_sessions(text)
+    assert [b.not_run for b in one.blocks] == [None, None, "installs packages"]
+    session = Terminal(tmp_path, port=12345)
+    session.run(one.blocks[0])
+    assert session.run(one.blocks[1]) == "hi from 127.0.0.1:12345\n"
+    with pytest.raises(pytest.fail.Exception, match="exited 1"):
+        session.run(two.blocks[0])
