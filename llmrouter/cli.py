@@ -14,9 +14,10 @@ from sqlalchemy.engine import make_url
 
 from . import __version__, usage
 from .billing import nanos_to_usd
+from .config import load_settings, source_label
 from .errors import ConfigError, LLMRouterError
 from .router import Router
-from .store import KeyRecord
+from .store import KeyRecord, Store
 
 
 def main(
@@ -103,6 +104,7 @@ def _parser(prog: str = "llmrouter") -> argparse.ArgumentParser:
     report.add_argument("--until", help="last day, YYYY-MM-DD (UTC)")
     report.add_argument("--json", action="store_true")
     report.set_defaults(run=_usage)
+    _db_parser(commands, common)
     return parser
 
 
@@ -217,6 +219,64 @@ def _usage(args: argparse.Namespace) -> int:
     )
     print(json.dumps(usage.report(rows)) if args.json else usage.table(rows))
     return 0
+
+
+def _db_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    db = commands.add_parser("db", help="the database's schema (Alembic migrations)")
+    actions = db.add_subparsers(dest="db", required=True)
+    upgrade = actions.add_parser(
+        "upgrade", parents=[common], help="create or upgrade the tables to this version's"
+    )
+    upgrade.set_defaults(run=_db_upgrade)
+    current = actions.add_parser(
+        "current", parents=[common], help="the database's schema revision and the one needed"
+    )
+    current.set_defaults(run=_db_current)
+
+
+def _db_store(args: argparse.Namespace) -> Store:
+    """The store of the config (or of the given router), without the start-up schema check
+    that would refuse the very database these commands are for."""
+    given: Router | None = args.given_router
+    if given is not None:
+        return given.store
+    settings = load_settings(args.config)
+    try:
+        return Store(
+            settings.database_url,
+            timeout=settings.database_timeout_seconds,
+            table_prefix=settings.table_prefix,
+            check_schema=False,
+        )
+    except ConfigError as exc:
+        raise exc.at(source_label(args.config)) from None
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    store = _db_store(args)
+    try:
+        before, _ = store.database_revision()
+        head = store.upgrade_database()
+    finally:
+        if args.given_router is None:
+            store.close()
+    if before == head:
+        print(f"the database is at revision {head} already")
+    else:
+        print(f"upgraded the database from revision {before or '(empty)'} to {head}")
+    return 0
+
+
+def _db_current(args: argparse.Namespace) -> int:
+    store = _db_store(args)
+    try:
+        revision, head = store.database_revision()
+    finally:
+        if args.given_router is None:
+            store.close()
+    state = "at head" if revision == head else f"behind: run `llmrouter db upgrade` for {head}"
+    print(f"{revision or '(empty)'} ({state})")
+    return 0 if revision == head else 1
 
 
 def _key_dict(record: KeyRecord) -> dict[str, Any]:

@@ -137,6 +137,8 @@ class Settings(_Strict):
     max_call_seconds: float = Field(default=1800.0, gt=0, le=7 * 86400)
     #: connect, statement and lock-wait timeout of every database operation
     database_timeout_seconds: float = Field(default=5.0, gt=0, le=3600)
+    #: the store's table names start with it (its Alembic version table too)
+    table_prefix: str = Field(default="llmrouter_", pattern=r"^[a-z][a-z0-9_]{0,29}$")
     #: how often ``llmrouter serve`` sweeps abandoned calls (0: never; see ``Router.sweep``)
     sweep_every_seconds: float = Field(default=60.0, ge=0)
     quota: QuotaSettings = QuotaSettings()

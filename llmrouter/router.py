@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any, Literal, overload
 
 from pydantic import ValidationError
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from .billing import Prices, estimate_usage, reservation_nanos, usage_or_estimate, usd_to_nanos
@@ -85,6 +86,7 @@ class Router:
         settings: Settings,
         *,
         store: Store | None = None,
+        engine: Engine | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -93,8 +95,14 @@ class Router:
         self.quota = QuotaPolicy(settings.quota)
         self.adapters = _build_adapters(settings)
         self.dispatcher = Dispatcher(self.adapters, sleep=sleep)
+        if store is not None and engine is not None:
+            raise ValueError("give a Router store= or engine=, not both")
+        # engine=: the host's own (e.g. Flask-SQLAlchemy's db.engine); database_url unused
         self.store = store or Store(
-            settings.database_url, timeout=settings.database_timeout_seconds
+            settings.database_url,
+            engine=engine,
+            timeout=settings.database_timeout_seconds,
+            table_prefix=settings.table_prefix,
         )
         self.keys = KeyAuthenticator(self.store, ttl_seconds=settings.key_cache_seconds)
         self._clock = clock
@@ -450,6 +458,15 @@ class Router:
             since_day=since_day,
             until_day=until_day,
         )
+
+    def upgrade_database(self) -> str:
+        """Bring the database to this version's schema revision; returns it (what
+        ``llmrouter db upgrade`` does, for a router that could start)."""
+        return self.store.upgrade_database()
+
+    def database_revision(self) -> tuple[str | None, str]:
+        """The database's schema revision and the one this version of llmrouter needs."""
+        return self.store.database_revision()
 
     def provider_totals(self) -> list[ProviderTotal]:
         return self.store.provider_totals()

@@ -16,8 +16,9 @@ from flask import Flask
 
 from flask_ext import LLMRouter
 from llmrouter import Router
+from llmrouter.store import Store
 from llmrouter.store.engine import create_engine_for
-from llmrouter.store.tables import metadata
+from llmrouter.store.tables import Tables, build_tables
 from tests.upstreams.loopback import LoopbackServer
 from tests.upstreams.openai_server import FakeOpenAI
 
@@ -132,19 +133,32 @@ _fresh_schemas: set[str] = set()
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The backend under test (parametrize with ``database_urls()``, indirect): a SQLite
     file of this test, or a server named by the environment. A server's llmrouter tables
-    are dropped once per session, so they always have this version's shape; each test
-    then works with keys and providers of its own, never rows another test left."""
+    are dropped once per session and made again by ``llmrouter db upgrade``'s migrations,
+    so they always have this version's shape; each test then works with keys and
+    providers of its own, never rows another test left."""
     url = request.param
     if url == "sqlite-file":
         return f"sqlite:///{tmp_path}/store.db"
     if url not in _fresh_schemas:
-        engine = create_engine_for(url)
+        drop_tables(url, build_tables())
+        store = Store(url, check_schema=False)
         try:
-            metadata.drop_all(engine)
+            store.upgrade_database()
         finally:
-            engine.dispose()
+            store.close()
         _fresh_schemas.add(url)
     return url
+
+
+def drop_tables(url: str, tables: Tables) -> None:
+    """Drop one prefix's tables and its version table from a database, if there."""
+    engine = create_engine_for(url)
+    try:
+        tables.metadata.drop_all(engine)
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {tables.version_table}")
+    finally:
+        engine.dispose()
 
 
 def database_urls() -> list[Any]:

@@ -9,27 +9,32 @@ database has it, a SELECT in the same transaction on MariaDB/MySQL).
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import BigInteger, Update, and_, bindparam, case, func, literal, not_, update
 
 from .records import AdmissionKind
-from .tables import api_keys
+from .tables import Tables
 
-_k = api_keys.c
 #: stands for "no per-minute limit" inside SQL comparisons
 UNLIMITED = 2**31 - 1
 
-RESULT_COLUMNS = (
-    _k.last_admission,
-    _k.day_count,
-    _k.next_slot_at,
-    _k.minute_count,
-    _k.balance_nanos,
-    func.coalesce(_k.daily_requests, bindparam("default_limit")).label("daily_limit"),
-    func.coalesce(_k.requests_per_minute, bindparam("default_rpm")).label("rpm"),
-)
+
+def result_columns(tables: Tables) -> tuple[Any, ...]:
+    """What the admission hands back: the outcome and the key's quota state after it."""
+    _k = tables.api_keys.c
+    return (
+        _k.last_admission,
+        _k.day_count,
+        _k.next_slot_at,
+        _k.minute_count,
+        _k.balance_nanos,
+        func.coalesce(_k.daily_requests, bindparam("default_limit")).label("daily_limit"),
+        func.coalesce(_k.requests_per_minute, bindparam("default_rpm")).label("rpm"),
+    )
 
 
-def admission_statement(*, premium: bool, left_to_right: bool) -> Update:
+def admission_statement(tables: Tables, *, premium: bool, left_to_right: bool) -> Update:
     """The UPDATE for one key (bind ``key_id, day, now, minute, reserve`` and the defaults).
 
     ``left_to_right``: MySQL/MariaDB evaluate SET assignments in order, each seeing the
@@ -37,6 +42,8 @@ def admission_statement(*, premium: bool, left_to_right: bool) -> Update:
     (assigned first). Standard SQL (PostgreSQL, SQLite) evaluates every assignment against
     the old row, so there they repeat the outcome expression instead.
     """
+    api_keys = tables.api_keys
+    _k = api_keys.c
     day = bindparam("day", type_=BigInteger)
     now = bindparam("now", type_=BigInteger)
     minute = bindparam("minute", type_=BigInteger)

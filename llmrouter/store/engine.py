@@ -1,5 +1,6 @@
-"""The SQLAlchemy engine for a database URL, set up for each backend's concurrency:
-SQLite in WAL mode with writer transactions, MariaDB/MySQL with left-to-right SET.
+"""The SQLAlchemy engine of a store: made from a database URL, or the host's own, and set
+up for each backend's concurrency (``prepare_engine``): SQLite in WAL mode with writer
+transactions, MariaDB/MySQL with left-to-right SET.
 
 Every backend gets a bound on how long one operation may wait (``timeout``: connecting,
 a statement, a lock, a free pooled connection), so a database that stops answering
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import weakref
 from typing import Any
 
 from sqlalchemy import Connection, create_engine, event
@@ -24,8 +26,12 @@ _READ_ONLY_OPTION = "llmrouter_read_only"
 READ_ONLY = {_READ_ONLY_OPTION: True}
 
 
-def is_sqlite_memory(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:")
+#: the dialects whose concurrency the store knows how to set up
+SUPPORTED_DIALECTS = ("sqlite", "postgresql", "mysql", "mariadb")
+#: ``ConnectionRecord.info`` mark of a DBAPI connection the set-up has run on (cleared by
+#: SQLAlchemy when that connection is replaced)
+_PREPARED = "llmrouter_prepared"
+_prepared_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 def create_engine_for(database_url: str, *, timeout: float = 5.0) -> Engine:
@@ -39,14 +45,12 @@ def create_engine_for(database_url: str, *, timeout: float = 5.0) -> Engine:
             return _sqlite_engine(url, timeout)
         pooled: dict[str, Any] = {"pool_pre_ping": True, "pool_timeout": timeout}
         if backend in ("mysql", "mariadb"):
-            engine = create_engine(
+            return create_engine(
                 url,
                 pool_recycle=3600,
                 connect_args=_mysql_timeouts(url.drivername, timeout),
                 **pooled,
             )
-            event.listen(engine, "connect", _mysql_left_to_right)
-            return engine
         if backend == "postgresql":
             engine = create_engine(
                 url, connect_args=_postgres_timeouts(url.drivername, timeout), **pooled
@@ -54,7 +58,7 @@ def create_engine_for(database_url: str, *, timeout: float = 5.0) -> Engine:
             if url.drivername == "postgresql+psycopg":
                 _bound_psycopg_waits(engine, timeout)
             return engine
-        return create_engine(url, **pooled)
+        raise ConfigError(_unsupported(backend), key="database_url")
     except NoSuchModuleError:
         raise ConfigError(
             f"no database driver for '{url.drivername}' in '{url.render_as_string()}'",
@@ -109,41 +113,186 @@ def _mysql_timeouts(driver: str, timeout: float) -> dict[str, Any]:
 
 def _sqlite_engine(url: Any, timeout: float) -> Engine:
     memory = url.database in (None, "", ":memory:")
-    engine = create_engine(
+    return create_engine(
         url,
         # timeout: how long a writer waits for another's lock before giving up
         connect_args={"check_same_thread": False, "timeout": timeout},
         poolclass=StaticPool if memory else None,
     )
 
-    @event.listens_for(engine, "connect")
-    def _configure(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy, not the driver, open transactions, and open them as writers
-        # (BEGIN IMMEDIATE) so concurrent processes queue instead of deadlocking.
-        dbapi_connection.isolation_level = None
-        if not memory:
+
+def _unsupported(dialect: str) -> str:
+    return (
+        f"the '{dialect}' database is not supported: the admission statement's guarantees "
+        f"are set up for {', '.join(SUPPORTED_DIALECTS)} only"
+    )
+
+
+def prepare_engine(engine: Engine, *, timeout: float, owned: bool) -> Engine:
+    """Set up ``engine`` for the store and return the engine the store should use.
+
+    Any engine works, the store's own (``owned``: made by ``create_engine_for``) or the
+    host's (a Flask-SQLAlchemy ``db.engine``, a plain ``create_engine``):
+
+    - SQLite: WAL for files and a busy timeout, per connection; and the store's own
+      transactions (on the engine returned here) begin with driver-level transactions off,
+      as ``BEGIN IMMEDIATE`` (writers queue instead of deadlocking when both upgrade a read
+      lock) or a deferred ``BEGIN`` for ``READ_ONLY`` reads; the driver's own mode is put
+      back when they end. The host's transactions on a shared engine keep the driver's
+      behaviour: were they all writers, a host request holding its session open (a
+      Flask-Login user lookup) would hold the write lock the router needs in that request.
+    - MariaDB/MySQL: ``SIMULTANEOUS_ASSIGNMENT`` removed from each session's ``sql_mode``:
+      the admission statement relies on left-to-right SET (see ``admission.py``).
+    - PostgreSQL on a host engine: ``statement_timeout`` and ``lock_timeout`` are set
+      transaction-local (``set_config(..., true)``) at the start of each of the store's
+      own transactions, on the engine returned here; the host's own queries keep its
+      settings (a session-wide 5 s limit would kill a host's long report). Our own engines
+      have them in their connect options instead, at no cost per transaction.
+      MariaDB/MySQL session variables have no transaction scope, so on a host engine the
+      store adds no server-side timeout there: the host's driver timeouts apply.
+
+    The per-connection set-up runs when a connection is checked out of the pool, once per
+    DBAPI connection (a mark in its ``ConnectionRecord.info``), so connections the host's
+    pool opened before the store attached get it too. (``engine.dispose()`` would not do:
+    it cannot reach connections checked out at that moment, and it destroys an in-memory
+    database held by a ``StaticPool``.)
+
+    Refused, with ``ConfigError`` saying why: a dialect other than SQLite, PostgreSQL and
+    MariaDB/MySQL, and an in-memory SQLite engine whose pool is not a ``StaticPool`` (each
+    new connection would be a different, empty database).
+    """
+    dialect = engine.dialect.name
+    if dialect not in SUPPORTED_DIALECTS:
+        raise ConfigError(_unsupported(dialect), key="database_url")
+    if dialect == "sqlite" and not isinstance(engine.pool, StaticPool) and _sqlite_memory(engine):
+        raise ConfigError(
+            f"an in-memory SQLite engine needs poolclass=StaticPool (and connect_args="
+            f"{{'check_same_thread': False}}): with its {type(engine.pool).__name__} each "
+            "new connection would be a different, empty database",
+            key="database_url",
+        )
+    if engine not in _prepared_engines:
+        setup = _sqlite_setup(timeout) if dialect == "sqlite" else None
+        if dialect in ("mysql", "mariadb"):
+            setup = _mysql_left_to_right
+
+        if setup is not None:
+            prepare = setup
+
+            @event.listens_for(engine, "checkout")
+            def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+                if not record.info.get(_PREPARED):
+                    prepare(dbapi_connection)
+                    record.info[_PREPARED] = True
+
+        _prepared_engines.add(engine)
+    if dialect == "sqlite":
+        return _sqlite_store_transactions(engine)
+    if dialect == "postgresql" and not owned:
+        return _postgres_transaction_timeouts(engine, timeout)
+    return engine
+
+
+def is_sqlite_memory(engine: Engine) -> bool:
+    """Whether ``engine`` holds an in-memory SQLite database (asks the database itself: a
+    ``creator`` may open a file whatever the URL says)."""
+    return engine.dialect.name == "sqlite" and _sqlite_memory(engine)
+
+
+def _sqlite_memory(engine: Engine) -> bool:
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        try:
+            cursor.execute("PRAGMA database_list")
+            files = {row[1]: row[2] for row in cursor.fetchall()}
+        finally:
+            cursor.close()
+    finally:
+        connection.close()
+    return not files.get("main")
+
+
+def _sqlite_setup(timeout: float) -> Any:
+    def setup(dbapi_connection: Any) -> None:
+        dbapi_connection.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        file = {row[1]: row[2] for row in dbapi_connection.execute("PRAGMA database_list")}
+        if file.get("main"):
             dbapi_connection.execute("PRAGMA journal_mode=WAL")
             dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
-    @event.listens_for(engine, "begin")
+    return setup
+
+
+_DRIVER_MODE = "llmrouter_driver_isolation_level"
+
+
+def _sqlite_store_transactions(engine: Engine) -> Engine:
+    """An engine on the same pool whose transactions are the store's (see _begin)."""
+    store_engine = engine.execution_options(llmrouter_store=True)
+
+    @event.listens_for(store_engine, "begin")
     def _begin(conn: Connection) -> None:
-        # Straight to the driver: through SQLAlchemy's execution path this one statement
-        # costs as much as the admission itself. Readers begin deferred: in WAL mode they
-        # then never wait for writers (a long usage report does not stall requests).
+        # Let SQLAlchemy, not the driver, open this transaction, straight on the driver:
+        # through SQLAlchemy's execution path this one statement costs as much as the
+        # admission itself. Writers begin IMMEDIATE, so concurrent processes queue instead
+        # of deadlocking; readers begin deferred: in WAL mode they then never wait for
+        # writers (a long usage report does not stall requests).
         driver = conn.connection.driver_connection
         assert driver is not None  # a connection being begun is open
+        conn.connection.info[_DRIVER_MODE] = driver.isolation_level
+        driver.isolation_level = None  # (no transaction is open: this commits nothing)
         read_only = conn.get_execution_options().get(_READ_ONLY_OPTION, False)
         statement = "BEGIN" if read_only else "BEGIN IMMEDIATE"
         try:
             driver.execute(statement)
         except sqlite3.OperationalError as exc:  # locked past the timeout: as SQLAlchemy's
+            _restore(conn)
             raise OperationalError(statement, None, exc) from exc
 
-    return engine
+    def _restore(conn: Connection) -> None:
+        # Before the COMMIT/ROLLBACK itself: a string level does not end the transaction.
+        # (None, the driver's own autocommit mode, stays: setting it would COMMIT now.)
+        level = conn.connection.info.pop(_DRIVER_MODE, None)
+        driver = conn.connection.driver_connection
+        if level is not None and driver is not None:
+            driver.isolation_level = level
+
+    event.listen(store_engine, "commit", _restore)
+    event.listen(store_engine, "rollback", _restore)
+    return store_engine
 
 
-def _mysql_left_to_right(dbapi_connection: Any, _record: Any) -> None:
+def _mysql_left_to_right(dbapi_connection: Any) -> None:
     # The admission statement relies on MySQL's default left-to-right SET evaluation;
     # a server running with SIMULTANEOUS_ASSIGNMENT would break it, so switch it off here.
-    with dbapi_connection.cursor() as cursor:
-        cursor.execute("SET SESSION sql_mode = REPLACE(@@sql_mode, 'SIMULTANEOUS_ASSIGNMENT', '')")
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(
+            "SET SESSION sql_mode = TRIM(BOTH ',' FROM "
+            "REPLACE(CONCAT(',', @@sql_mode, ','), ',SIMULTANEOUS_ASSIGNMENT,', ','))"
+        )
+    finally:
+        cursor.close()
+
+
+def _postgres_transaction_timeouts(engine: Engine, timeout: float) -> Engine:
+    """An engine on the same pool whose transactions start by bounding their own waits."""
+    ms = int(timeout * 1000)
+    bounded = engine.execution_options(llmrouter_store=True)
+    statement = (
+        f"SELECT set_config('statement_timeout', '{ms}', true), "
+        f"set_config('lock_timeout', '{ms}', true)"
+    )
+
+    @event.listens_for(bounded, "begin")
+    def _bound(conn: Connection) -> None:
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        cursor = driver.cursor()
+        try:
+            cursor.execute(statement)
+        finally:
+            cursor.close()
+
+    return bounded

@@ -9,15 +9,14 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import BigInteger, Connection, bindparam, insert, select, update
 
 from ..billing import MAX_BALANCE_NANOS, nanos_to_usd
 from ..errors import InvalidRequestError, NotFoundError
 from .records import KeyRecord
-from .tables import api_keys, top_ups
+from .tables import Tables
 
 SECRET_PREFIX = "sk-llmr-"
-_k = api_keys.c
 
 
 def hash_secret(secret: str) -> str:
@@ -25,10 +24,38 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+class KeyStatements:
+    """The key statements on one prefix's tables (bind names: ``k_`` and the column)."""
+
+    def __init__(self, tables: Tables) -> None:
+        api_keys, top_ups = tables.api_keys, tables.top_ups
+        _k = api_keys.c
+        self.insert = insert(api_keys)
+        self.by_hash = select(api_keys).where(_k.secret_hash == bindparam("k_hash"))
+        self.by_id = select(api_keys).where(_k.id == bindparam("k_id"))
+        self.all = select(api_keys).order_by(_k.created_at, _k.id)
+        self.revoke = (
+            update(api_keys)
+            .where(_k.id == bindparam("k_id"), _k.revoked_at.is_(None))
+            .values(revoked_at=bindparam("k_now"))
+        )
+        amount = bindparam("k_amount", type_=BigInteger)
+        self.top_up = (
+            update(api_keys)
+            .where(_k.id == bindparam("k_id"), _k.balance_nanos <= MAX_BALANCE_NANOS - amount)
+            .values(
+                balance_nanos=_k.balance_nanos + amount,
+                topped_up_nanos=_k.topped_up_nanos + amount,
+            )
+        )
+        self.top_up_record = insert(top_ups)
+
+
 class KeyStore:
-    """The key operations of ``Store``, which provides ``transaction``."""
+    """The key operations of ``Store``, which provides ``transaction`` and the statements."""
 
     transaction: Callable[..., AbstractContextManager[Connection]]
+    _keys: KeyStatements
 
     def create_key(
         self,
@@ -46,26 +73,28 @@ class KeyStore:
         key_id = "key_" + secrets.token_hex(8)
         with self.transaction() as conn:
             conn.execute(
-                insert(api_keys).values(
-                    id=key_id,
-                    name=name,
-                    secret_hash=hash_secret(secret),
-                    secret_hint=secret[: len(SECRET_PREFIX) + 4] + "…",
-                    is_admin=is_admin,
-                    created_at=now,
-                    daily_requests=daily_requests,
-                    throttle_seconds=throttle_seconds,
-                    requests_per_minute=requests_per_minute,
-                    balance_nanos=0,
-                    spent_nanos=0,
-                    topped_up_nanos=0,
-                    quota_day=0,
-                    day_count=0,
-                    next_slot_at=0,
-                    minute=0,
-                    minute_count=0,
-                    last_admission=0,
-                )
+                self._keys.insert,
+                {
+                    "id": key_id,
+                    "name": name,
+                    "secret_hash": hash_secret(secret),
+                    "secret_hint": secret[: len(SECRET_PREFIX) + 4] + "…",
+                    "is_admin": is_admin,
+                    "created_at": now,
+                    "revoked_at": None,
+                    "daily_requests": daily_requests,
+                    "throttle_seconds": throttle_seconds,
+                    "requests_per_minute": requests_per_minute,
+                    "balance_nanos": 0,
+                    "spent_nanos": 0,
+                    "topped_up_nanos": 0,
+                    "quota_day": 0,
+                    "day_count": 0,
+                    "next_slot_at": 0,
+                    "minute": 0,
+                    "minute_count": 0,
+                    "last_admission": 0,
+                },
             )
             if credits_nanos:
                 self._top_up(conn, key_id, credits_nanos, now)
@@ -74,28 +103,24 @@ class KeyStore:
     def find_key(self, secret_hash: str) -> KeyRecord | None:
         """The key whose secret hashes to ``secret_hash`` (see ``hash_secret``)."""
         with self.transaction(read_only=True) as conn:
-            row = conn.execute(select(api_keys).where(_k.secret_hash == secret_hash)).first()
+            row = conn.execute(self._keys.by_hash, {"k_hash": secret_hash}).first()
         return _key_record(row) if row else None
 
     def get_key(self, key_id: str) -> KeyRecord:
         with self.transaction(read_only=True) as conn:
-            row = conn.execute(select(api_keys).where(_k.id == key_id)).first()
+            row = conn.execute(self._keys.by_id, {"k_id": key_id}).first()
         if row is None:
             raise NotFoundError(f"no API key with id '{key_id}'", param="key_id")
         return _key_record(row)
 
     def list_keys(self) -> list[KeyRecord]:
         with self.transaction(read_only=True) as conn:
-            rows = conn.execute(select(api_keys).order_by(_k.created_at, _k.id)).all()
+            rows = conn.execute(self._keys.all).all()
         return [_key_record(r) for r in rows]
 
     def revoke_key(self, key_id: str, *, now: int) -> KeyRecord:
         with self.transaction() as conn:
-            conn.execute(
-                update(api_keys)
-                .where(_k.id == key_id, _k.revoked_at.is_(None))
-                .values(revoked_at=now)
-            )
+            conn.execute(self._keys.revoke, {"k_id": key_id, "k_now": now})
         return self.get_key(key_id)
 
     def top_up(self, key_id: str, amount_nanos: int, *, now: int) -> KeyRecord:
@@ -105,12 +130,7 @@ class KeyStore:
 
     def _top_up(self, conn: Connection, key_id: str, amount_nanos: int, now: int) -> None:
         changed = conn.execute(
-            update(api_keys)
-            .where(_k.id == key_id, _k.balance_nanos <= MAX_BALANCE_NANOS - amount_nanos)
-            .values(
-                balance_nanos=_k.balance_nanos + amount_nanos,
-                topped_up_nanos=_k.topped_up_nanos + amount_nanos,
-            )
+            self._keys.top_up, {"k_id": key_id, "k_amount": amount_nanos}
         ).rowcount
         if not changed:
             self.get_key(key_id)  # NotFoundError for an unknown key
@@ -118,7 +138,8 @@ class KeyStore:
                 f"a balance is at most ${nanos_to_usd(MAX_BALANCE_NANOS)}", param="amount"
             )
         conn.execute(
-            insert(top_ups).values(key_id=key_id, amount_nanos=amount_nanos, created_at=now)
+            self._keys.top_up_record,
+            {"key_id": key_id, "amount_nanos": amount_nanos, "created_at": now},
         )
 
 

@@ -8,23 +8,15 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import (
-    Connection,
-    Update,
-    bindparam,
-    func,
-    insert,
-    select,
-    text,
-)
+from sqlalchemy import Connection, Update, bindparam, func, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ..errors import NotFoundError, StoreUnavailableError
-from . import settlement as settlement_sql
-from .admission import RESULT_COLUMNS, UNLIMITED, admission_statement
-from .engine import READ_ONLY, create_engine_for, is_sqlite_memory
-from .key_store import KeyStore
+from . import schema
+from .admission import UNLIMITED, admission_statement, result_columns
+from .engine import READ_ONLY, create_engine_for, is_sqlite_memory, prepare_engine
+from .key_store import KeyStatements, KeyStore
 from .records import (
     Admission,
     AdmissionKind,
@@ -35,43 +27,93 @@ from .records import (
     Ticket,
     UsageRow,
 )
-from .tables import api_keys, ledger, metadata, provider_totals
+from .settlement import SettlementStatements
+from .tables import DEFAULT_PREFIX, Tables, build_tables
 
 #: the ``error`` of a row the sweeper closed
 ABANDONED_REASON = (
     "abandoned: not settled by its deadline (the serving process died, or lost the "
     "database); the reservation was released, the allowance unit stays used"
 )
-_k = api_keys.c
 
 
 class Store(KeyStore):
-    """One SQL database (SQLite, PostgreSQL, MariaDB/MySQL) holding keys, quotas and money."""
+    """One SQL database (SQLite, PostgreSQL, MariaDB/MySQL) holding keys, quotas and money.
+
+    ``engine``: the host's own engine instead of one made from ``database_url`` (which is
+    then ignored); it is set up for the store's guarantees, or refused with the reason
+    (see ``engine.prepare_engine``), and never disposed by ``close``. ``table_prefix``
+    names the tables (``<prefix>api_keys``, …, ``<prefix>alembic_version``).
+
+    At start the database must be at this version's schema revision: a fresh SQLite
+    database (file or in-memory) is created at head; a fresh server database, or one
+    behind, is refused with ``ConfigError`` naming ``llmrouter db upgrade``.
+    ``check_schema=False`` skips that (for the ``db`` commands themselves).
+    """
 
     def __init__(
-        self, database_url: str, *, engine: Engine | None = None, timeout: float = 5.0
+        self,
+        database_url: str,
+        *,
+        engine: Engine | None = None,
+        timeout: float = 5.0,
+        table_prefix: str = DEFAULT_PREFIX,
+        check_schema: bool = True,
     ) -> None:
-        self.engine = engine or create_engine_for(database_url, timeout=timeout)
+        self.tables = tables = build_tables(table_prefix)
+        self._owns_engine = engine is None
+        self.engine = prepare_engine(
+            engine or create_engine_for(database_url, timeout=timeout),
+            timeout=timeout,
+            owned=self._owns_engine,
+        )
         dialect = self.engine.dialect
         self._left_to_right = dialect.name in ("mysql", "mariadb")
         self._returning = bool(dialect.update_returning)
-        # An in-memory SQLite database is one shared connection: one transaction at a time.
-        self._memory_lock = threading.Lock() if is_sqlite_memory(self.engine) else None
         # Built once: compiling a statement per call would double the request's overhead.
         self._admit = {
             premium: _with_result(
-                admission_statement(premium=premium, left_to_right=self._left_to_right),
+                admission_statement(tables, premium=premium, left_to_right=self._left_to_right),
+                tables,
                 returning=self._returning,
             )
             for premium in (False, True)
         }
+        _k = tables.api_keys.c
+        # MariaDB/MySQL have no UPDATE … RETURNING: the outcome is read back under the lock.
+        self._admission_readback = select(*result_columns(tables)).where(
+            _k.id == bindparam("key_id")
+        )
+        self._lock_key = select(_k.id).where(_k.id == bindparam("key_id")).with_for_update()
+        self._sql = SettlementStatements(tables)
+        self._keys = KeyStatements(tables)
         try:
-            metadata.create_all(self.engine)
+            # An in-memory SQLite database is one shared connection: one transaction at a
+            # time.
+            memory = is_sqlite_memory(self.engine)
+            self._memory_lock = threading.Lock() if memory else None
+            if check_schema:
+                schema.ensure_current(self.engine, tables, create_if_empty=dialect.name == "sqlite")
         except OperationalError as exc:
             raise StoreUnavailableError(
                 f"the database is unavailable ({type(exc.orig).__name__}): "
                 f"{self.engine.url.render_as_string()}"
             ) from exc
+
+    def upgrade_database(self) -> str:
+        """Bring the database to this version's schema revision (``llmrouter db upgrade``);
+        returns it."""
+        try:
+            return schema.upgrade(self.engine, self.tables)
+        except OperationalError as exc:
+            raise StoreUnavailableError(
+                f"the database is unavailable ({type(exc.orig).__name__})"
+            ) from exc
+
+    def database_revision(self) -> tuple[str | None, str]:
+        """The database's schema revision (``None``: never migrated) and this version's."""
+        with self.transaction(read_only=True) as conn:
+            return schema.current_revision(conn, self.tables), schema.head_revision()
 
     # ---------------------------------------------------------------- plumbing
 
@@ -103,7 +145,8 @@ class Store(KeyStore):
             conn.execute(text("SELECT 1"))
 
     def close(self) -> None:
-        self.engine.dispose()
+        if self._owns_engine:
+            self.engine.dispose()
 
     # ---------------------------------------------------------------- quota and money
 
@@ -142,7 +185,7 @@ class Store(KeyStore):
                 row = conn.execute(statement, params).first()
             else:
                 changed = conn.execute(statement, params).rowcount
-                row = conn.execute(_ADMISSION_READBACK, params).first() if changed else None
+                row = conn.execute(self._admission_readback, params).first() if changed else None
             if row is None:
                 raise NotFoundError(f"no active API key with id '{key_id}'", param="key_id")
             kind = AdmissionKind(row.last_admission)
@@ -158,7 +201,7 @@ class Store(KeyStore):
                     deadline_at=deadline_at,
                 )
                 conn.execute(
-                    settlement_sql.TICKET_INSERT,
+                    self._sql.ticket_insert,
                     _pending_row(ticket, provider, model, upstream_model),
                 )
         return Admission(
@@ -205,17 +248,17 @@ class Store(KeyStore):
         }
         with self.transaction() as conn:
             if ticket.reserved_nanos or settlement.status == "failed":
-                _lock_key_first(conn, ticket.key_id)
+                self._lock_key_first(conn, ticket.key_id)
             held = ticket
-            if not conn.execute(settlement_sql.TICKET_COMPLETE, params).rowcount:
-                if not conn.execute(settlement_sql.TICKET_COMPLETE_LATE, params).rowcount:
+            if not conn.execute(self._sql.ticket_complete, params).rowcount:
+                if not conn.execute(self._sql.ticket_complete_late, params).rowcount:
                     return False
                 held = replace(ticket, reserved_nanos=0)  # the sweeper gave it back
             if settlement.status == "failed":
                 self._release(conn, held)
             elif ticket.reserved_nanos:
                 conn.execute(
-                    settlement_sql.CHARGE,
+                    self._sql.charge,
                     {
                         "s_key": ticket.key_id,
                         "s_refund": held.reserved_nanos - charged,
@@ -235,9 +278,9 @@ class Store(KeyStore):
         """Hand back an admission whose request never became a call: its row goes, and what
         it took comes back. A ticket already completed changes nothing: returns False."""
         with self.transaction() as conn:
-            _lock_key_first(conn, ticket.key_id)
+            self._lock_key_first(conn, ticket.key_id)
             deleted = conn.execute(
-                settlement_sql.TICKET_DELETE, {"l_request_id": ticket.request_id}
+                self._sql.ticket_delete, {"l_request_id": ticket.request_id}
             ).rowcount
             if deleted:
                 self._release(conn, ticket)
@@ -246,9 +289,9 @@ class Store(KeyStore):
     def _release(self, conn: Connection, ticket: Ticket) -> None:
         """Give back what a call that produced nothing took at admission."""
         statement = {
-            AdmissionKind.ALLOWANCE: settlement_sql.RELEASE_ALLOWANCE,
-            AdmissionKind.CREDITS: settlement_sql.RELEASE_CREDITS,
-            AdmissionKind.THROTTLE_SLOT: settlement_sql.RELEASE_THROTTLE_SLOT,
+            AdmissionKind.ALLOWANCE: self._sql.release_allowance,
+            AdmissionKind.CREDITS: self._sql.release_credits,
+            AdmissionKind.THROTTLE_SLOT: self._sql.release_throttle_slot,
         }[ticket.kind]
         conn.execute(
             statement,
@@ -267,7 +310,7 @@ class Store(KeyStore):
         allowance unit and throttle slot stay used, since the upstream may have served the
         call; the row keeps cost 0 and says why. Each row in its own transaction, and only
         while still pending, so a settlement racing the sweep wins or loses whole."""
-        c = ledger.c
+        c = self.tables.ledger.c
         due = c.deadline_at <= now if started_before is None else c.started_at < started_before
         with self.transaction(read_only=True) as conn:
             rows = conn.execute(
@@ -287,16 +330,16 @@ class Store(KeyStore):
         for row in rows:
             with self.transaction() as conn:
                 if row.reserved_nanos:
-                    _lock_key_first(conn, row.key_id)
+                    self._lock_key_first(conn, row.key_id)
                 abandoned = conn.execute(
-                    settlement_sql.TICKET_ABANDON,
+                    self._sql.ticket_abandon,
                     {"l_id": row.id, "l_finished_at": now, "l_error": ABANDONED_REASON},
                 ).rowcount
                 if not abandoned:
                     continue
                 if row.reserved_nanos:
                     conn.execute(
-                        settlement_sql.RELEASE_CREDITS,
+                        self._sql.release_credits,
                         {"s_key": row.key_id, "s_reserved": row.reserved_nanos},
                     )
             swept.append(
@@ -315,17 +358,34 @@ class Store(KeyStore):
             "t_completion": completion,
             "t_cost": cost,
         }
-        if not conn.execute(settlement_sql.ADD_PROVIDER_TOTAL, params).rowcount:
+        if not conn.execute(self._sql.add_provider_total, params).rowcount:
             # A provider this database has not seen (its row is made at startup, so rarely).
-            _create_provider_row(conn, provider)
-            conn.execute(settlement_sql.ADD_PROVIDER_TOTAL, params)
+            self._create_provider_row(conn, provider)
+            conn.execute(self._sql.add_provider_total, params)
 
     def ensure_providers(self, names: list[str]) -> None:
         """Create the totals row of each provider up front, so settling only UPDATEs."""
         with self.transaction() as conn:
-            present = set(conn.execute(select(provider_totals.c.provider)).scalars())
+            present = set(conn.execute(select(self.tables.provider_totals.c.provider)).scalars())
             for name in set(names) - present:
-                _create_provider_row(conn, name)
+                self._create_provider_row(conn, name)
+
+    def _create_provider_row(self, conn: Connection, provider: str) -> None:
+        """An all-zero totals row, unless another process has just made it (several
+        processes starting with a new provider race here; the loser's savepoint rolls back,
+        nothing else)."""
+        try:
+            with conn.begin_nested():
+                conn.execute(self._sql.create_provider_row, {"provider": provider})
+        except IntegrityError:
+            pass
+
+    def _lock_key_first(self, conn: Connection, key_id: str) -> None:
+        """Take the key's row lock before touching its ledger row, in the order the
+        admission takes them (key, then ledger): InnoDB's gap locks otherwise deadlock a
+        settlement against a concurrent admission of the same key. (SQLite writers are
+        serial already.)"""
+        conn.execute(self._lock_key, {"key_id": key_id})
 
     # ---------------------------------------------------------------- reports
 
@@ -337,9 +397,9 @@ class Store(KeyStore):
         until_day: int | None = None,
     ) -> list[UsageRow]:
         """Calls, tokens, cost and charges per key, day, provider and model."""
-        c = ledger.c
-        failed = func.sum(func.cast(c.status == "failed", ledger.c.prompt_tokens.type))
-        abandoned = func.sum(func.cast(c.status == "abandoned", ledger.c.prompt_tokens.type))
+        c = self.tables.ledger.c
+        failed = func.sum(func.cast(c.status == "failed", c.prompt_tokens.type))
+        abandoned = func.sum(func.cast(c.status == "abandoned", c.prompt_tokens.type))
         query = (
             select(
                 c.key_id,
@@ -384,9 +444,9 @@ class Store(KeyStore):
         ]
 
     def provider_totals(self) -> list[ProviderTotal]:
-        c = provider_totals.c
+        totals = self.tables.provider_totals
         with self.transaction(read_only=True) as conn:
-            rows = conn.execute(select(provider_totals).order_by(c.provider)).all()
+            rows = conn.execute(select(totals).order_by(totals.c.provider)).all()
         return [
             ProviderTotal(
                 r.provider, r.requests, r.prompt_tokens, r.completion_tokens, r.cost_nanos
@@ -395,40 +455,8 @@ class Store(KeyStore):
         ]
 
 
-# MariaDB/MySQL have no UPDATE … RETURNING: the outcome is read back under the row lock.
-_ADMISSION_READBACK = select(*RESULT_COLUMNS).where(_k.id == bindparam("key_id"))
-
-
-def _with_result(statement: Update, *, returning: bool) -> Update:
-    return statement.returning(*RESULT_COLUMNS) if returning else statement
-
-
-def _create_provider_row(conn: Connection, provider: str) -> None:
-    """An all-zero totals row, unless another process has just made it (several processes
-    starting with a new provider race here; the loser's savepoint rolls back, nothing else)."""
-    try:
-        with conn.begin_nested():
-            conn.execute(
-                insert(provider_totals).values(
-                    provider=provider,
-                    requests=0,
-                    prompt_tokens=0,
-                    completion_tokens=0,
-                    cost_nanos=0,
-                )
-            )
-    except IntegrityError:
-        pass
-
-
-def _lock_key_first(conn: Connection, key_id: str) -> None:
-    """Take the key's row lock before touching its ledger row, in the order the admission
-    takes them (key, then ledger): InnoDB's gap locks otherwise deadlock a settlement
-    against a concurrent admission of the same key. (SQLite writers are serial already.)"""
-    conn.execute(_LOCK_KEY, {"key_id": key_id})
-
-
-_LOCK_KEY = select(_k.id).where(_k.id == bindparam("key_id")).with_for_update()
+def _with_result(statement: Update, tables: Tables, *, returning: bool) -> Update:
+    return statement.returning(*result_columns(tables)) if returning else statement
 
 
 def _pending_row(ticket: Ticket, provider: str, model: str, upstream_model: str) -> dict[str, Any]:

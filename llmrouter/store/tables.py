@@ -1,4 +1,5 @@
-"""The SQLAlchemy tables of the store, prefixed ``llmrouter_`` to live in a host's database.
+"""The SQLAlchemy tables of the store, built per table prefix (default ``llmrouter_``) so
+they can live in a host's database beside its own tables.
 
 Money columns hold integer nano-dollars (BIGINT): exact on SQLite, PostgreSQL and MariaDB.
 Times are integer Unix milliseconds; ``day`` columns are UTC days since 1970-01-01.
@@ -7,9 +8,17 @@ A ledger row is written by the admission, as ``pending``, in the same transactio
 admission statement: it is the call's ticket, saying what the call holds (its allowance
 unit, throttle slot or reservation) until settlement completes it (``ok`` / ``partial`` /
 ``failed``) or the sweeper closes it (``abandoned``).
+
+Constraints and indexes are named by ``NAMING_CONVENTION``, so every database (and every
+Alembic revision) calls them the same. A change to these tables needs its revision in
+``llmrouter/migrations/versions`` (see ``llmrouter.migrations``).
 """
 
 from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
 
 from sqlalchemy import (
     BigInteger,
@@ -23,84 +32,136 @@ from sqlalchemy import (
     Table,
 )
 
-metadata = MetaData()
+from ..errors import ConfigError
+
+DEFAULT_PREFIX = "llmrouter_"
+#: lower case (MySQL table names are case-sensitive on some hosts, not on others), and
+#: short enough that the longest constraint name stays within MySQL's 64 characters
+PREFIX_PATTERN = r"^[a-z][a-z0-9_]{0,29}$"
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
 
 # An auto-incrementing BIGINT primary key (SQLite only auto-increments INTEGER).
 _BigId = BigInteger().with_variant(Integer, "sqlite")
 
-api_keys = Table(
-    "llmrouter_api_keys",
-    metadata,
-    Column("id", String(32), primary_key=True),
-    Column("name", String(200), nullable=False),
-    Column("secret_hash", String(64), nullable=False, unique=True),
-    Column("secret_hint", String(32), nullable=False),
-    Column("is_admin", Boolean, nullable=False, default=False),
-    Column("created_at", BigInteger, nullable=False),
-    Column("revoked_at", BigInteger, nullable=True),
-    # per-key overrides of the [quota] defaults; NULL means "the default"
-    Column("daily_requests", Integer, nullable=True),
-    Column("throttle_seconds", Integer, nullable=True),
-    Column("requests_per_minute", Integer, nullable=True),
-    # fair-use state, changed only by the one admission statement (and its release)
-    Column("quota_day", Integer, nullable=False, default=0),
-    Column("day_count", Integer, nullable=False, default=0),
-    Column("next_slot_at", BigInteger, nullable=False, default=0),
-    Column("minute", BigInteger, nullable=False, default=0),
-    Column("minute_count", Integer, nullable=False, default=0),
-    Column("last_admission", SmallInteger, nullable=False, default=0),
-    # money, nano-dollars: balance excludes what is reserved by calls in flight
-    Column("balance_nanos", BigInteger, nullable=False, default=0),
-    Column("spent_nanos", BigInteger, nullable=False, default=0),
-    Column("topped_up_nanos", BigInteger, nullable=False, default=0),
-)
 
-ledger = Table(
-    "llmrouter_ledger",
-    metadata,
-    Column("id", _BigId, primary_key=True, autoincrement=True),
-    Column("request_id", String(64), nullable=False, unique=True),
-    Column("key_id", String(32), nullable=False),
-    Column("provider", String(100), nullable=False),
-    Column("model", String(320), nullable=False),
-    Column("upstream_model", String(200), nullable=False),
-    Column("admission", String(16), nullable=False),
-    # pending | ok | partial | failed | abandoned
-    Column("status", String(16), nullable=False),
-    Column("prompt_tokens", Integer, nullable=False),
-    Column("completion_tokens", Integer, nullable=False),
-    Column("usage_estimated", Boolean, nullable=False, default=False),
-    Column("cost_nanos", BigInteger, nullable=False),
-    Column("charged_nanos", BigInteger, nullable=False),
-    Column("day", Integer, nullable=False),
-    Column("started_at", BigInteger, nullable=False),
-    Column("finished_at", BigInteger, nullable=True),
-    Column("error", String(500), nullable=True),
-    # what the admission took, to hand back: the credits reserved, and the throttle slot
-    # (the key's next_slot_at it set), and when a pending row is overdue for the sweeper
-    Column("reserved_nanos", BigInteger, nullable=False, default=0),
-    Column("slot_at", BigInteger, nullable=False, default=0),
-    Column("deadline_at", BigInteger, nullable=True),
-    Index("ix_llmrouter_ledger_key_day", "key_id", "day"),
-    Index("ix_llmrouter_ledger_day", "day"),
-    Index("ix_llmrouter_ledger_status_deadline", "status", "deadline_at"),
-)
+@dataclass(frozen=True)
+class Tables:
+    """The store's tables under one prefix, and the name of its Alembic version table."""
 
-provider_totals = Table(
-    "llmrouter_provider_totals",
-    metadata,
-    Column("provider", String(100), primary_key=True),
-    Column("requests", BigInteger, nullable=False, default=0),
-    Column("prompt_tokens", BigInteger, nullable=False, default=0),
-    Column("completion_tokens", BigInteger, nullable=False, default=0),
-    Column("cost_nanos", BigInteger, nullable=False, default=0),
-)
+    prefix: str
+    metadata: MetaData
+    api_keys: Table
+    ledger: Table
+    provider_totals: Table
+    top_ups: Table
 
-top_ups = Table(
-    "llmrouter_top_ups",
-    metadata,
-    Column("id", _BigId, primary_key=True, autoincrement=True),
-    Column("key_id", String(32), nullable=False, index=True),
-    Column("amount_nanos", BigInteger, nullable=False),
-    Column("created_at", BigInteger, nullable=False),
-)
+    @property
+    def version_table(self) -> str:
+        """Prefixed too, so it never meets the host's own ``alembic_version``."""
+        return self.prefix + "alembic_version"
+
+    def owns(self, table_name: str) -> bool:
+        """Whether a table of a database is one of these (or their version table)."""
+        return table_name in self.metadata.tables or table_name == self.version_table
+
+
+@functools.cache
+def build_tables(prefix: str = DEFAULT_PREFIX) -> Tables:
+    """The tables under ``prefix``; one object per prefix, shared by every Store."""
+    if not re.fullmatch(PREFIX_PATTERN, prefix):
+        raise ConfigError(
+            f"'{prefix}' is not a table prefix: lower-case letters, digits and '_', "
+            "starting with a letter, at most 30 characters",
+            key="table_prefix",
+        )
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    api_keys = Table(
+        prefix + "api_keys",
+        metadata,
+        Column("id", String(32), primary_key=True),
+        Column("name", String(200), nullable=False),
+        Column("secret_hash", String(64), nullable=False, unique=True),
+        Column("secret_hint", String(32), nullable=False),
+        Column("is_admin", Boolean, nullable=False, default=False),
+        Column("created_at", BigInteger, nullable=False),
+        Column("revoked_at", BigInteger, nullable=True),
+        # per-key overrides of the [quota] defaults; NULL means "the default"
+        Column("daily_requests", Integer, nullable=True),
+        Column("throttle_seconds", Integer, nullable=True),
+        Column("requests_per_minute", Integer, nullable=True),
+        # fair-use state, changed only by the one admission statement (and its release)
+        Column("quota_day", Integer, nullable=False, default=0),
+        Column("day_count", Integer, nullable=False, default=0),
+        Column("next_slot_at", BigInteger, nullable=False, default=0),
+        Column("minute", BigInteger, nullable=False, default=0),
+        Column("minute_count", Integer, nullable=False, default=0),
+        Column("last_admission", SmallInteger, nullable=False, default=0),
+        # money, nano-dollars: balance excludes what is reserved by calls in flight
+        Column("balance_nanos", BigInteger, nullable=False, default=0),
+        Column("spent_nanos", BigInteger, nullable=False, default=0),
+        Column("topped_up_nanos", BigInteger, nullable=False, default=0),
+    )
+    ledger = Table(
+        prefix + "ledger",
+        metadata,
+        Column("id", _BigId, primary_key=True, autoincrement=True),
+        Column("request_id", String(64), nullable=False, unique=True),
+        Column("key_id", String(32), nullable=False),
+        Column("provider", String(100), nullable=False),
+        Column("model", String(320), nullable=False),
+        Column("upstream_model", String(200), nullable=False),
+        Column("admission", String(16), nullable=False),
+        # pending | ok | partial | failed | abandoned
+        Column("status", String(16), nullable=False),
+        Column("prompt_tokens", Integer, nullable=False),
+        Column("completion_tokens", Integer, nullable=False),
+        Column("usage_estimated", Boolean, nullable=False, default=False),
+        Column("cost_nanos", BigInteger, nullable=False),
+        Column("charged_nanos", BigInteger, nullable=False),
+        Column("day", Integer, nullable=False),
+        Column("started_at", BigInteger, nullable=False),
+        Column("finished_at", BigInteger, nullable=True),
+        Column("error", String(500), nullable=True),
+        # what the admission took, to hand back: the credits reserved, and the throttle slot
+        # (the key's next_slot_at it set), and when a pending row is overdue for the sweeper
+        Column("reserved_nanos", BigInteger, nullable=False, default=0),
+        Column("slot_at", BigInteger, nullable=False, default=0),
+        Column("deadline_at", BigInteger, nullable=True),
+        Index(None, "key_id", "day"),
+        Index(None, "day"),
+        Index(None, "status", "deadline_at"),
+    )
+    provider_totals = Table(
+        prefix + "provider_totals",
+        metadata,
+        Column("provider", String(100), primary_key=True),
+        Column("requests", BigInteger, nullable=False, default=0),
+        Column("prompt_tokens", BigInteger, nullable=False, default=0),
+        Column("completion_tokens", BigInteger, nullable=False, default=0),
+        Column("cost_nanos", BigInteger, nullable=False, default=0),
+    )
+    top_ups = Table(
+        prefix + "top_ups",
+        metadata,
+        Column("id", _BigId, primary_key=True, autoincrement=True),
+        Column("key_id", String(32), nullable=False, index=True),
+        Column("amount_nanos", BigInteger, nullable=False),
+        Column("created_at", BigInteger, nullable=False),
+    )
+    return Tables(prefix, metadata, api_keys, ledger, provider_totals, top_ups)
+
+
+# The default prefix's tables, as module names (what most code and tests read).
+_default = build_tables()
+metadata = _default.metadata
+api_keys = _default.api_keys
+ledger = _default.ledger
+provider_totals = _default.provider_totals
+top_ups = _default.top_ups

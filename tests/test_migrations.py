@@ -1,0 +1,187 @@
+"""The schema's migrations on every backend: an empty database upgraded to head equals the
+tables in code (Alembic's own comparison), a database behind is refused with the command to
+run, the ``db`` commands, and a table prefix of the host's choosing end to end."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+
+from llmrouter import Router
+from llmrouter.errors import ConfigError
+from llmrouter.store import Store, schema
+from llmrouter.store.engine import create_engine_for
+from llmrouter.store.tables import Tables, build_tables
+from tests.conftest import database_urls, drop_tables, gateway_config
+
+pytestmark = pytest.mark.parametrize("database_url", database_urls(), indirect=True)
+
+
+@pytest.fixture
+def tables(database_url: str) -> Iterator[Tables]:
+    """A prefix of this test's own: on a server its tables start absent, and go after."""
+    tables = build_tables(f"t{secrets.token_hex(4)}_")
+    yield tables
+    if not database_url.startswith("sqlite"):
+        drop_tables(database_url, tables)
+
+
+def table_names(database_url: str) -> set[str]:
+    engine = create_engine_for(database_url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def differences(database_url: str, tables: Tables) -> list[object]:
+    engine = create_engine_for(database_url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn,
+                opts={
+                    "version_table": tables.version_table,
+                    "include_name": lambda name, type_, _parent: (
+                        type_ != "table" or tables.owns(name or "")
+                    ),
+                    "compare_type": True,
+                },
+            )
+            return list(compare_metadata(context, tables.metadata))
+    finally:
+        engine.dispose()
+
+
+def test_an_empty_database_upgraded_to_head_equals_the_tables_in_code(
+    database_url: str, tables: Tables
+) -> None:
+    store = Store(database_url, table_prefix=tables.prefix, check_schema=False)
+    try:
+        assert store.database_revision() == (None, schema.head_revision())
+        assert store.upgrade_database() == schema.head_revision()
+        assert store.database_revision() == (schema.head_revision(), schema.head_revision())
+    finally:
+        store.close()
+    assert differences(database_url, tables) == []
+    ours = {name for name in table_names(database_url) if name.startswith(tables.prefix)}
+    assert ours == {*tables.metadata.tables, tables.version_table}
+
+
+def test_a_fresh_database_is_created_at_head_on_sqlite_and_refused_on_a_server(
+    database_url: str, tables: Tables
+) -> None:
+    if database_url.startswith("sqlite"):
+        Store(database_url, table_prefix=tables.prefix).close()
+        assert differences(database_url, tables) == []
+        return
+    with pytest.raises(ConfigError, match="llmrouter db upgrade"):
+        Store(database_url, table_prefix=tables.prefix)
+    assert not any(name.startswith(tables.prefix) for name in table_names(database_url))
+
+
+def test_tables_without_a_version_row_are_refused_then_adopted_by_upgrade(
+    database_url: str, tables: Tables
+) -> None:
+    engine = create_engine_for(database_url)
+    try:
+        tables.metadata.create_all(engine)  # what llmrouter 0.1 did at every start
+    finally:
+        engine.dispose()
+    with pytest.raises(ConfigError, match=r"from before migrations.*`llmrouter db upgrade`"):
+        Store(database_url, table_prefix=tables.prefix)
+    store = Store(database_url, table_prefix=tables.prefix, check_schema=False)
+    try:
+        store.upgrade_database()
+    finally:
+        store.close()
+    Store(database_url, table_prefix=tables.prefix).close()
+
+
+def test_a_database_behind_or_ahead_of_the_code_is_refused(
+    database_url: str, tables: Tables, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(database_url, table_prefix=tables.prefix, check_schema=False)
+    try:
+        store.upgrade_database()
+    finally:
+        store.close()
+    # A later llmrouter, whose head is past the baseline this database is at:
+    monkeypatch.setattr(schema, "head_revision", lambda: "0002")
+    with pytest.raises(ConfigError, match=r"at revision 0001.*needs 0002: run `llmrouter db up"):
+        Store(database_url, table_prefix=tables.prefix)
+    monkeypatch.undo()
+    # An older llmrouter than the one that migrated the database:
+    engine = create_engine_for(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"UPDATE {tables.version_table} SET version_num = '9999'")
+    finally:
+        engine.dispose()
+    with pytest.raises(ConfigError, match=r"revision 9999, which this version.*upgrade llmrouter"):
+        Store(database_url, table_prefix=tables.prefix)
+
+
+def run_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llmrouter", *args],
+        env={**os.environ, "LLMROUTER_CONFIG": str(config)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_db_upgrade_and_current_commands(database_url: str, tables: Tables, tmp_path: Path) -> None:
+    config = tmp_path / "llmrouter.toml"
+    config.write_text(
+        f'database_url = "{database_url}"\ntable_prefix = "{tables.prefix}"\n'
+        '[[providers]]\nname = "echo"\nkind = "echo"\n[[providers.models]]\nid = "echo"\n'
+    )
+    behind = run_cli(config, "db", "current")
+    assert behind.returncode == 1
+    assert behind.stdout.strip() == "(empty) (behind: run `llmrouter db upgrade` for 0001)"
+    upgraded = run_cli(config, "db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert upgraded.stdout.strip() == "upgraded the database from revision (empty) to 0001"
+    current = run_cli(config, "db", "current")
+    assert (current.returncode, current.stdout.strip()) == (0, "0001 (at head)")
+    again = run_cli(config, "db", "upgrade")
+    assert again.stdout.strip() == "the database is at revision 0001 already"
+    created = run_cli(config, "keys", "create", "--name", "after-upgrade")
+    assert created.returncode == 0, created.stderr
+
+
+def test_a_table_prefix_of_the_hosts_choosing_end_to_end(database_url: str, tables: Tables) -> None:
+    before = table_names(database_url)
+    config = gateway_config(database_url=database_url, table_prefix=tables.prefix)
+    if not database_url.startswith("sqlite"):
+        with pytest.raises(ConfigError, match="llmrouter db upgrade"):
+            Router.from_config(config)
+        store = Store(database_url, table_prefix=tables.prefix, check_schema=False)
+        store.upgrade_database()
+        store.close()
+    router = Router.from_config(config)
+    try:
+        key, secret = router.create_key("prefixed", credits="1")
+        answer = router.chat(
+            model="echo#echo", messages=[{"role": "user", "content": "hi"}], api_key=secret
+        )
+        assert answer.choices[0].message.content == "hi"
+        [row] = router.usage(key_id=key.id)
+        assert (row.requests, row.provider, row.model) == (1, "echo", "echo#echo")
+        assert router.database_revision() == ("0001", "0001")
+    finally:
+        router.close()
+    made = table_names(database_url) - before
+    assert made == {*tables.metadata.tables, tables.version_table}
+    assert all(name.startswith(tables.prefix) for name in made)
