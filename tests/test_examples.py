@@ -67,12 +67,6 @@ def test_flask_host_app_bills_its_users_into_its_own_database(
 
     # The browser's session cookie is the caller: no secret, the CSRF header set.
     answer = client.post("/v1/chat/completions", json=CHAT, headers={"X-LLMRouter-CSRF": "1"})
-    if answer.status_code == 503 and answer.get_json()["error"]["code"] == "store_unavailable":
-        pytest.xfail(
-            "known bug: on the host's SQLite engine every host transaction begins IMMEDIATE, "
-            "so Flask-Login's user lookup holds the write lock for the whole request and the "
-            "router's admission waits it out (503 after database_timeout_seconds)"
-        )
     assert answer.status_code == 200, answer.get_json()
     assert answer.get_json()["choices"][0]["message"]["content"] == "Hello there"
     # Without the header (what another site's form would send) it is refused.
