@@ -26,6 +26,8 @@ def register_commands(app: Flask) -> None:
     @with_appcontext
     def llmrouter_command(args: tuple[str, ...]) -> None:
         """The llmrouter commands (keys, usage, sweep, db) on this app's Router."""
-        from .extension import current_router
+        from .extension import _state
 
-        raise SystemExit(cli.main(list(args), router=current_router(), prog="flask llmrouter"))
+        state = _state()
+        embedded = cli.Embedded(state.router, state.problem, state.schema_store)
+        raise SystemExit(cli.main(list(args), embedded=embedded, prog="flask llmrouter"))

@@ -6,6 +6,7 @@ it answers them; nothing of the protocol lives here.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,8 +14,12 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
 
+from llmrouter.config import load_settings
+from llmrouter.errors import DatabaseSchemaError, StoreUnavailableError
 from llmrouter.http import IDENTITY_KEY, ROUTES, Request, RouterAPI
+from llmrouter.http.wire import json_response
 from llmrouter.router import Router
+from llmrouter.store import Store
 
 from .commands import register_commands
 
@@ -28,19 +33,29 @@ CONFIG_KEYS = {
     "LLMROUTER_HEALTH_ROUTE": 'the health check route (default "/health"; False to leave out)',
 }
 _ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+log = logging.getLogger("llmrouter")
 IdentityLoader = Callable[[], str | None]
 
 
 @dataclass
 class _State:
-    router: Router
-    api: RouterAPI
+    #: None while its database is not at this version's schema (``problem`` says so)
+    router: Router | None
+    api: RouterAPI | None
+    schema_store: Callable[[], Store]
+    problem: DatabaseSchemaError | None = None
     identity_loader: IdentityLoader | None = None
+
+    def ready_router(self) -> Router:
+        if self.router is None:
+            assert self.problem is not None
+            raise self.problem
+        return self.router
 
 
 def current_router() -> Router:
     """The Router of the current app (inside a request or an app context)."""
-    return _state().router
+    return _state().ready_router()
 
 
 def _state() -> _State:
@@ -93,7 +108,15 @@ class LLMRouter:
                 "LLMRouter is already registered on this app. Create one LLMRouter per app "
                 "(or call init_app once); to serve several routers, use several apps."
             )
-        router = self._router or self._build_router(app)
+        config = app.config.get("LLMROUTER_CONFIG") or os.environ.get("LLMROUTER_CONFIG")
+        problem = None
+        try:
+            router = self._router or self._build_router(app, config)
+        except DatabaseSchemaError as exc:
+            # The app still starts, so that `flask llmrouter db upgrade` can fix it; every
+            # API request is refused meanwhile with this message.
+            log.error("llmrouter cannot serve: %s", exc.message)
+            router, problem = None, exc
         prefix = _pick(self._url_prefix, app.config.get("LLMROUTER_URL_PREFIX"), "/v1")
         unprefixed = _pick(
             self._unprefixed_routes, app.config.get("LLMROUTER_UNPREFIXED_ROUTES"), True
@@ -101,21 +124,42 @@ class LLMRouter:
         health = _pick(self._health_route, app.config.get("LLMROUTER_HEALTH_ROUTE"), "/health")
         prefix = prefix.rstrip("/")
         prefixes = (prefix, "") if unprefixed and prefix else (prefix,)
-        api = RouterAPI(router, prefixes=prefixes, health_route=health or None)
-        state = _State(router, api, self._identity_loader)
+        api = RouterAPI(router, prefixes=prefixes, health_route=health or None) if router else None
+        state = _State(
+            router,
+            api,
+            lambda: self._schema_store(app, config),
+            problem,
+            self._identity_loader,
+        )
         app.extensions["llmrouter"] = state
         self._registered = [*self._states, state]
         app.register_blueprint(_blueprint(prefixes, health or None))
         register_commands(app)
 
-    def _build_router(self, app: Flask) -> Router:
-        config = app.config.get("LLMROUTER_CONFIG") or os.environ.get("LLMROUTER_CONFIG")
+    def _build_router(self, app: Flask, config: Any) -> Router:
         if self._db is None:
             return Router.from_config(config)
         # The host's engine, inside its app context: a relative SQLite path resolves
         # exactly as the host's own does (Flask-SQLAlchemy puts it in the instance folder).
         with app.app_context():
             return Router.from_config(config, engine=self._db.engine)
+
+    def _schema_store(self, app: Flask, config: Any) -> Store:
+        """The router's database without the start-up schema check, for the ``db``
+        commands that bring it to this version's schema."""
+        settings = load_settings(config)
+        engine = None
+        if self._db is not None:
+            with app.app_context():
+                engine = self._db.engine
+        return Store(
+            settings.database_url,
+            engine=engine,
+            timeout=settings.database_timeout_seconds,
+            table_prefix=settings.table_prefix,
+            check_schema=False,
+        )
 
 
 def _blueprint(prefixes: tuple[str, ...], health: str | None) -> Blueprint:
@@ -143,7 +187,14 @@ def _serve(**_: str) -> Response:
         identity = state.identity_loader()
         if identity:
             environ[IDENTITY_KEY] = identity
-    answer = state.api.handle(Request.from_environ(environ))
+    if state.api is None:
+        assert state.problem is not None
+        answer = json_response(
+            StoreUnavailableError(f"{state.problem.reason}; the API is off until then").to_dict(),
+            503,
+        )
+    else:
+        answer = state.api.handle(Request.from_environ(environ))
     response = Response(answer.body, status=answer.status, headers=answer.headers)
     if answer.close is not None:
         # The body's own cleanup does not run if it is closed before it starts.

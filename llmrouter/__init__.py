@@ -9,6 +9,7 @@ from .config import ModelSettings, ProviderSettings, QuotaSettings, Settings
 from .errors import (
     AuthenticationError,
     ConfigError,
+    DatabaseSchemaError,
     FailureScope,
     InsufficientCreditsError,
     InvalidRequestError,
@@ -48,6 +49,7 @@ __all__ = [
     "ChatRequest",
     "ChatResult",
     "ConfigError",
+    "DatabaseSchemaError",
     "FailureScope",
     "InsufficientCreditsError",
     "InvalidRequestError",

@@ -7,7 +7,8 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -20,13 +21,27 @@ from .router import Router
 from .store import KeyRecord, Store
 
 
+@dataclass
+class Embedded:
+    """A host app's router, for ``flask llmrouter``: the commands run on it instead of one
+    built from ``--config``. ``router`` is None when it could not start (``problem``: its
+    database is not at this version's schema), and ``schema_store`` opens that database for
+    the ``db`` commands, which are how it gets there."""
+
+    router: Router | None
+    problem: LLMRouterError | None
+    schema_store: Callable[[], Store]
+
+
 def main(
-    argv: Sequence[str] | None = None, *, router: Router | None = None, prog: str = "llmrouter"
+    argv: Sequence[str] | None = None,
+    *,
+    embedded: Embedded | None = None,
+    prog: str = "llmrouter",
 ) -> int:
-    """The command line; ``router`` (``flask llmrouter``) runs the commands on that Router
-    instead of one built from ``--config``."""
+    """The command line (``embedded``: on a host app's router, see ``Embedded``)."""
     args = _parser(prog).parse_args(argv)
-    args.given_router = router
+    args.embedded = embedded
     try:
         return args.run(args)
     except ConfigError as exc:
@@ -109,8 +124,13 @@ def _parser(prog: str = "llmrouter") -> argparse.ArgumentParser:
 
 
 def _router(args: argparse.Namespace) -> Router:
-    given: Router | None = args.given_router
-    return given if given is not None else Router.from_config(args.config)
+    embedded: Embedded | None = args.embedded
+    if embedded is None:
+        return Router.from_config(args.config)
+    if embedded.router is None:
+        assert embedded.problem is not None
+        raise embedded.problem
+    return embedded.router
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -237,9 +257,9 @@ def _db_parser(commands: Any, common: argparse.ArgumentParser) -> None:
 def _db_store(args: argparse.Namespace) -> Store:
     """The store of the config (or of the given router), without the start-up schema check
     that would refuse the very database these commands are for."""
-    given: Router | None = args.given_router
-    if given is not None:
-        return given.store
+    embedded: Embedded | None = args.embedded
+    if embedded is not None:
+        return embedded.router.store if embedded.router else embedded.schema_store()
     settings = load_settings(args.config)
     try:
         return Store(
@@ -258,7 +278,7 @@ def _db_upgrade(args: argparse.Namespace) -> int:
         before, _ = store.database_revision()
         head = store.upgrade_database()
     finally:
-        if args.given_router is None:
+        if args.embedded is None or args.embedded.router is None:
             store.close()
     if before == head:
         print(f"the database is at revision {head} already")
@@ -272,7 +292,7 @@ def _db_current(args: argparse.Namespace) -> int:
     try:
         revision, head = store.database_revision()
     finally:
-        if args.given_router is None:
+        if args.embedded is None or args.embedded.router is None:
             store.close()
     state = "at head" if revision == head else f"behind: run `llmrouter db upgrade` for {head}"
     print(f"{revision or '(empty)'} ({state})")

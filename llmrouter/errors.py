@@ -5,6 +5,8 @@ Every failure a caller can see is one of these classes; over HTTP each renders a
 
     LLMRouterError                       500 api_error
     ├── ConfigError                      (startup only: names the file and the key)
+    │   └── DatabaseSchemaError          (the tables are not at this version's revision;
+    │                                        names the command that brings them there)
     ├── InvalidRequestError              400 invalid_request_error  (param names the field)
     │   └── RequestTooLargeError         413 request_too_large
     ├── AuthenticationError              401 invalid_api_key
@@ -39,7 +41,7 @@ from __future__ import annotations
 
 import math
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 
 class LLMRouterError(Exception):
@@ -88,10 +90,17 @@ class ConfigError(LLMRouterError):
         where = ": ".join(part for part in (source, key) if part)
         super().__init__(f"{where}: {message}" if where else message, param=key)
 
-    def at(self, source: str, key_prefix: str = "") -> ConfigError:
+    def at(self, source: str, key_prefix: str = "") -> Self:
         """The same error, located in ``source`` (and below ``key_prefix``)."""
         key = ".".join(part for part in (key_prefix, self.key) if part) or None
-        return ConfigError(self.reason, source=self.source or source, key=key)
+        return type(self)(self.reason, source=self.source or source, key=key)
+
+
+class DatabaseSchemaError(ConfigError):
+    """The database's llmrouter tables are missing, older or newer than this version's;
+    the message names what to run (``llmrouter db upgrade``)."""
+
+    code = "database_schema"
 
 
 class InvalidRequestError(LLMRouterError):

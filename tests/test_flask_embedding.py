@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 from flask import Flask, request, session
 from flask.testing import FlaskClient
+from sqlalchemy import create_engine
 
 from flask_ext import LLMRouter, current_router
 from llmrouter import Router
 from llmrouter.http import CSRF_HEADER
+from llmrouter.store.tables import metadata
 
 CHAT = {"model": "echo#echo", "messages": [{"role": "user", "content": "hi there"}]}
 
@@ -162,3 +164,31 @@ def test_the_endpoint_list_uses_the_prefix_the_app_really_uses(
     assert client.get("/provider").status_code == 200  # the unprefixed routes too
     assert client.get("/host-page").status_code == 404  # the host keeps its own 404s
     assert client.get("/host-page").get_json() is None
+
+
+def test_a_database_behind_the_schema_keeps_the_api_off_until_flask_llmrouter_db_upgrade(
+    tmp_path: Any,
+) -> None:
+    url = f"sqlite:///{tmp_path}/old.db"
+    engine = create_engine(url)
+    metadata.create_all(engine)  # tables as an older llmrouter made them: no version row
+    engine.dispose()
+    config = {"database_url": url, "providers": [{"name": "echo", "kind": "echo"}]}
+
+    def host() -> Flask:
+        app = Flask("host-app")
+        app.config["LLMROUTER_CONFIG"] = config
+        LLMRouter(app)
+        return app
+
+    app = host()
+    refused = app.test_client().get("/v1/models")
+    upgraded = app.test_cli_runner().invoke(args=["llmrouter", "db", "upgrade"])
+    restarted = host().test_client().get("/v1/models")
+
+    assert refused.status_code == 503
+    assert refused.get_json()["error"]["code"] == "store_unavailable"
+    assert "llmrouter db upgrade" in refused.get_json()["error"]["message"]
+    assert upgraded.exit_code == 0, upgraded.output
+    assert "upgraded the database" in upgraded.output
+    assert restarted.status_code == 200

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, inspect
 from sqlalchemy.engine import Engine
 
-from ..errors import ConfigError
+from ..errors import DatabaseSchemaError
 from .tables import Tables
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def ensure_current(engine: Engine, tables: Tables, *, create_if_empty: bool) -> 
         where = engine.url.render_as_string()
         if revision is None and not _has_tables(conn, tables):
             if not create_if_empty:
-                raise ConfigError(
+                raise DatabaseSchemaError(
                     f"the database {where} has no llmrouter tables ({tables.prefix}*): "
                     f"create them with `{UPGRADE_COMMAND}`",
                     key="database_url",
@@ -107,18 +107,18 @@ def ensure_current(engine: Engine, tables: Tables, *, create_if_empty: bool) -> 
             _context(conn, tables).stamp(_scripts(), head)
             return
         if revision is None:
-            raise ConfigError(
+            raise DatabaseSchemaError(
                 f"the database {where} has llmrouter tables ({tables.prefix}*) from before "
                 f"migrations: bring them to revision {head} with `{UPGRADE_COMMAND}`",
                 key="database_url",
             )
         if revision not in {script.revision for script in _scripts().walk_revisions()}:
-            raise ConfigError(
+            raise DatabaseSchemaError(
                 f"the database {where} is at revision {revision}, which this version of "
                 f"llmrouter does not know (its head is {head}): upgrade llmrouter",
                 key="database_url",
             )
-        raise ConfigError(
+        raise DatabaseSchemaError(
             f"the database {where} is at revision {revision}, this version of llmrouter "
             f"needs {head}: run `{UPGRADE_COMMAND}`",
             key="database_url",
@@ -149,7 +149,7 @@ def _check_adoptable(conn: Connection, tables: Tables) -> None:
             if not absent:
                 continue
             missing = f"{table.name}.{absent[0]}"
-        raise ConfigError(
+        raise DatabaseSchemaError(
             f"the llmrouter tables ({tables.prefix}*) in {conn.engine.url.render_as_string()} "
             f"are older than migrations and lack {missing}: they cannot be adopted; move "
             "their data to a fresh database created with `llmrouter db upgrade`",
