@@ -135,10 +135,14 @@ class NotFoundError(LLMRouterError):
 class ModelNotFoundError(NotFoundError):
     code = "model_not_found"
 
-    def __init__(self, model: str, suggestions: list[str] | None = None) -> None:
+    def __init__(
+        self, model: str, suggestions: list[str] | None = None, *, hint: str = ""
+    ) -> None:
         message = f"The model '{model}' does not exist."
         if suggestions:
             message += " Did you mean: " + ", ".join(f"'{s}'" for s in suggestions) + "?"
+        if hint:
+            message += " " + hint
         super().__init__(message, param="model")
         self.model = model
         self.suggestions = list(suggestions or [])

@@ -65,6 +65,8 @@ class ModelCatalog:
             raise InvalidRequestError(
                 f"'model' is longer than {MAX_MODEL_NAME} characters", param="model"
             )
+        if not self._providers:
+            raise ModelNotFoundError(name, hint="This router has no providers configured.")
         name = self.aliases.get(name, name)
         provider_name, sep, model_id = name.partition("#")
         if not sep:

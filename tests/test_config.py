@@ -9,6 +9,7 @@ import pytest
 
 from llmrouter import ConfigError, Router
 from llmrouter.config import load_settings
+from llmrouter.errors import ModelNotFoundError
 
 GOOD = """
 database_url = "sqlite://"
@@ -148,3 +149,11 @@ def test_the_example_config_builds_a_router(
         }
     finally:
         router.close()
+
+
+def test_a_router_without_providers_says_so_when_asked_for_a_model() -> None:
+    router = Router.from_config({"database_url": "sqlite://"})
+    _, secret = router.create_key("someone")
+    with pytest.raises(ModelNotFoundError, match="has no providers configured"):
+        router.chat(model="echo#echo", messages=[{"role": "user", "content": "hi"}], api_key=secret)
+    router.close()
