@@ -184,14 +184,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until_serving(base: str, process: subprocess.Popen[bytes]) -> None:
-    """Until ``llmrouter serve`` at ``base`` answers its health check (20 s at most)."""
-    deadline = time.monotonic() + 20
+def wait_until_serving(health_url: str, process: subprocess.Popen[bytes]) -> None:
+    """Until the server ``process`` answers ``health_url`` (30 s at most)."""
+    deadline = time.monotonic() + 30
     while True:
         try:
-            requests.get(base + "/health", timeout=1)
+            requests.get(health_url, timeout=1)
             return
         except requests.ConnectionError:
             if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("llmrouter serve did not start") from None
+                raise RuntimeError(f"{process.args!r} did not start") from None
             time.sleep(0.1)
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+    """Whether ``condition`` came true within ``seconds`` (polled)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

@@ -135,7 +135,7 @@ def served(config: Path) -> Iterator[str]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until_serving(base, process)
+        wait_until_serving(base + "/health", process)
         yield base
     finally:
         process.terminate()

@@ -23,7 +23,7 @@ from llmrouter.dispatch import MAX_RETRY_WAIT_SECONDS
 from llmrouter.errors import UpstreamError, UpstreamRejectedError, UpstreamTimeoutError
 from llmrouter.schemas import ChatRequest
 from llmrouter.store.tables import ledger
-from tests.conftest import gateway_config
+from tests.conftest import gateway_config, wait_for
 from tests.upstreams.openai_server import FakeOpenAI, Fault
 
 GPT = "OpenAI#gpt-4o-mini"
@@ -73,15 +73,6 @@ def client(live_api: str, api_key: str) -> openai.OpenAI:
 def ledger_rows(router: Router) -> list[Any]:
     with router.store.transaction() as conn:
         return list(conn.execute(select(ledger).order_by(ledger.c.id)).all())
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 # --------------------------------------------------------------------------- retries

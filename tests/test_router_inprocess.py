@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,19 +17,10 @@ from llmrouter import (
     Router,
 )
 from llmrouter.errors import UpstreamError
-from tests.conftest import gateway_config
+from tests.conftest import gateway_config, wait_for
 from tests.upstreams.openai_server import FakeOpenAI, Fault
 
 HELLO = [{"role": "user", "content": "hello there"}]
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def openai_router(

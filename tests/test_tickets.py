@@ -469,7 +469,7 @@ def test_a_serving_process_killed_mid_stream_leaves_a_row_the_sweeper_settles(
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_until_serving(base, server)
+        wait_until_serving(base + "/health", server)
         response = requests.post(
             base + "/v1/chat/completions",
             headers={"Authorization": f"Bearer {secret}"},

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from llmrouter import Router
 from llmrouter.store.tables import ledger
 from llmrouter.wsgi import RouterMiddleware
-from tests.conftest import free_port, gateway_config
+from tests.conftest import free_port, gateway_config, wait_for, wait_until_serving
 from tests.upstreams.loopback import LoopbackServer
 from tests.upstreams.openai_server import FakeOpenAI, Fault
 
@@ -131,7 +131,7 @@ def test_a_client_leaving_mid_stream_is_billed_partial(
         response.close()
         row = _settled_row(router)
     assert row.status == "partial" and row.usage_estimated and row.completion_tokens > 0
-    assert _wait(lambda: fake_openai.stream_endings == ["aborted"])
+    assert wait_for(lambda: fake_openai.stream_endings == ["aborted"])
 
 
 def _settled_row(router: Router) -> Any:
@@ -143,15 +143,6 @@ def _settled_row(router: Router) -> Any:
             return row
         time.sleep(0.05)
     raise AssertionError("the stream was never settled")
-
-
-def _wait(condition: Callable[[], bool], seconds: float = 5) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 # ------------------------------------------------------------------------------ gunicorn
@@ -200,7 +191,7 @@ def test_under_gunicorn_gthread(tmp_path: Path, fake_openai: FakeOpenAI) -> None
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        _wait_for(base + "/llm/health", server)
+        wait_until_serving(base + "/llm/health", server)
         client = sdk(base + "/llm/v1", secret)
         reply = client.chat.completions.create(model="OpenAI#gpt-4o-mini", messages=HELLO)
         streamed = client.chat.completions.create(
@@ -214,15 +205,3 @@ def test_under_gunicorn_gthread(tmp_path: Path, fake_openai: FakeOpenAI) -> None
         server.wait(timeout=20)
     usage = Router.from_config(config).usage()
     assert sum(row.requests for row in usage) == 2
-
-
-def _wait_for(url: str, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            requests.get(url, timeout=1)
-            return
-        except requests.ConnectionError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("gunicorn did not start") from None
-            time.sleep(0.1)
