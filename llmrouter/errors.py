@@ -135,9 +135,7 @@ class NotFoundError(LLMRouterError):
 class ModelNotFoundError(NotFoundError):
     code = "model_not_found"
 
-    def __init__(
-        self, model: str, suggestions: list[str] | None = None, *, hint: str = ""
-    ) -> None:
+    def __init__(self, model: str, suggestions: list[str] | None = None, *, hint: str = "") -> None:
         message = f"The model '{model}' does not exist."
         if suggestions:
             message += " Did you mean: " + ", ".join(f"'{s}'" for s in suggestions) + "?"
