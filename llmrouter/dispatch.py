@@ -20,10 +20,9 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TypeVar
 
-from .breakers import BreakerPolicy, Breakers, Passage
+from .breakers import Breakers, Passage
 from .errors import (
     FailureScope,
     ProviderCoolingDownError,
@@ -32,6 +31,7 @@ from .errors import (
 )
 from .naming import Target
 from .providers.base import ChunkStream, ProviderAdapter
+from .providers.directory import ProviderDirectory, TargetPolicy
 from .schemas import ChatCompletion, ChatCompletionChunk, ChatRequest
 
 #: a Retry-After longer than this is not waited for: the next fallback is tried instead
@@ -39,52 +39,47 @@ MAX_RETRY_WAIT_SECONDS = 30.0
 _T = TypeVar("_T")
 
 
-@dataclass(frozen=True)
-class TargetPolicy:
-    """How one provider's targets are retried and when their breakers open."""
-
-    max_retries: int
-    retry_backoff: float
-    breaker: BreakerPolicy
-
-
 class Dispatcher:
     """Sends a request to the first of its targets that answers. Thread-safe.
 
-    ``clock`` (monotonic seconds) times the breakers and the ``deadline`` of each call;
-    ``sleep`` waits before retries (tests record the waits instead).
+    Each call names the provider directory snapshot it works with (adapters and policies);
+    the breakers are the dispatcher's own and outlive snapshots. ``clock`` (monotonic
+    seconds) times the breakers and the ``deadline`` of each call; ``sleep`` waits before
+    retries (tests record the waits instead).
     """
 
     def __init__(
         self,
-        adapters: dict[str, ProviderAdapter],
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.adapters = adapters
         self.breakers = Breakers(clock)
         self._clock = clock
         self._sleep = sleep
 
-    def policy(self, provider: str) -> TargetPolicy:
-        """The one place a provider's retry and breaker settings are read."""
-        settings = self.adapters[provider].settings
-        return TargetPolicy(
-            max_retries=settings.max_retries,
-            retry_backoff=settings.retry_backoff,
-            breaker=BreakerPolicy(settings.cooldown_after, settings.cooldown_seconds),
-        )
-
     def chat(
-        self, request: ChatRequest, targets: list[Target], *, deadline: float | None = None
+        self,
+        request: ChatRequest,
+        targets: list[Target],
+        directory: ProviderDirectory,
+        *,
+        deadline: float | None = None,
     ) -> tuple[ChatCompletion, Target]:
         return self._first_success(
-            targets, lambda adapter, target: adapter.chat(request, target.upstream_model), deadline
+            directory,
+            targets,
+            lambda adapter, target: adapter.chat(request, target.upstream_model),
+            deadline,
         )
 
     def stream(
-        self, request: ChatRequest, targets: list[Target], *, deadline: float | None = None
+        self,
+        request: ChatRequest,
+        targets: list[Target],
+        directory: ProviderDirectory,
+        *,
+        deadline: float | None = None,
     ) -> tuple[ChunkStream, Target]:
         def open_stream(adapter: ProviderAdapter, target: Target) -> ChunkStream:
             upstream = adapter.stream(request, target.upstream_model)
@@ -125,10 +120,11 @@ class Dispatcher:
 
             return ChunkStream(chunks(), release)
 
-        return self._first_success(targets, open_stream, deadline, watched)
+        return self._first_success(directory, targets, open_stream, deadline, watched)
 
     def _first_success(
         self,
+        directory: ProviderDirectory,
         targets: list[Target],
         call: Callable[[ProviderAdapter, Target], _T],
         deadline: float | None,
@@ -141,7 +137,7 @@ class Dispatcher:
         for target in targets:
             if deadline is not None and self._clock() >= deadline:
                 break
-            policy = self.policy(target.provider)
+            policy = directory.policy(target.provider)
             passage = self.breakers.enter(target.provider, target.upstream_model, policy.breaker)
             if passage is None:
                 half_open_in.append(
@@ -149,7 +145,9 @@ class Dispatcher:
                 )
                 continue
             try:
-                result = self._with_retries(target, call, policy, deadline)
+                result = self._with_retries(
+                    directory.adapter(target.provider), target, call, policy, deadline
+                )
             except UpstreamError as exc:
                 passage.failed(exc.scope)
                 exc.provider = exc.provider or target.provider
@@ -166,13 +164,13 @@ class Dispatcher:
 
     def _with_retries(
         self,
+        adapter: ProviderAdapter,
         target: Target,
         call: Callable[[ProviderAdapter, Target], _T],
         policy: TargetPolicy,
         deadline: float | None,
     ) -> _T:
         """The first answer of ``target`` within its retries, or its last error."""
-        adapter = self.adapters[target.provider]
         for attempt in itertools.count():
             try:
                 return call(adapter, target)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .billing import price_string
-from .config import ModelSettings, ProviderSettings, Settings
+from .config import ModelSettings, ProviderSettings
 from .errors import ConfigError, InvalidRequestError, ModelNotFoundError
 from .schemas import ModelCard, Pricing
 
@@ -31,19 +32,19 @@ class Target:
 class ModelCatalog:
     """Every model name a client may send, resolved to a ``Target``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, providers: Sequence[ProviderSettings], aliases: Mapping[str, str]) -> None:
         self._providers: dict[str, ProviderSettings] = {}
-        for provider in settings.providers:
+        for provider in providers:
             for name in (provider.name, *provider.aliases):
                 self._providers[name.lower()] = provider
-        self._listed = [Target(p.name, m.id, m) for p in settings.providers for m in p.models]
+        self._listed = [Target(p.name, m.id, m) for p in providers for m in p.models]
         self._by_bare_id: dict[str, list[Target]] = {}
         for target in self._listed:
             self._by_bare_id.setdefault(target.upstream_model, []).append(target)
-        self.aliases = dict(settings.aliases)
-        self._check(settings)
+        self.aliases = dict(aliases)
+        self._check()
 
-    def _check(self, settings: Settings) -> None:
+    def _check(self) -> None:
         for alias, name in self.aliases.items():
             try:
                 self.resolve(name)

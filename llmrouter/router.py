@@ -7,33 +7,33 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal, overload
 
-from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from .billing import Prices, estimate_usage, reservation_nanos, usage_or_estimate, usd_to_nanos
-from .config import KeyQuota, Settings, load_settings, source_label
+from .config import Settings, load_settings, source_label
 from .dispatch import Dispatcher
 from .errors import (
     AuthenticationError,
     ConfigError,
     InvalidRequestError,
     LLMRouterError,
+    ModelNotAllowedError,
     NotFoundError,
     PermissionDeniedError,
     StoreUnavailableError,
     UpstreamError,
 )
-from .keys import KeyAuthenticator
+from .keys import KeyAuthenticator, KeyChanges, changes_of, parse_fields
 from .metering import MeteredStream, StreamEnd
 from .naming import ModelCatalog, Target
-from .providers.base import ChunkStream, ProviderAdapter
-from .providers.registry import build_adapter
+from .providers.base import ChunkStream
+from .providers.directory import ProviderDirectory
 from .quota import QuotaPolicy, RateLimitInfo
 from .schemas import (
     ChatCompletion,
@@ -41,7 +41,6 @@ from .schemas import (
     ModelCard,
     ModelList,
     Usage,
-    describe_validation_error,
     parse_chat_request,
 )
 from .settlement_queue import SettlementQueue
@@ -91,10 +90,10 @@ class Router:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
-        self.catalog = ModelCatalog(settings)
         self.quota = QuotaPolicy(settings.quota)
-        self.adapters = _build_adapters(settings)
-        self.dispatcher = Dispatcher(self.adapters, sleep=sleep)
+        # Read once per request (``self.directory``), replaced in one step when it changes.
+        self._directory = ProviderDirectory(settings.providers, settings.aliases)
+        self.dispatcher = Dispatcher(sleep=sleep)
         if store is not None and engine is not None:
             raise ValueError("give a Router store= or engine=, not both")
         # engine=: the host's own (e.g. Flask-SQLAlchemy's db.engine); database_url unused
@@ -113,7 +112,7 @@ class Router:
             (p.connect_timeout + p.read_timeout for p in settings.providers), default=0.0
         )
         self._ticket_lifetime = settings.max_call_seconds + longest_attempt + SETTLE_GRACE_SECONDS
-        self.store.ensure_providers(list(self.adapters))
+        self.store.ensure_providers([p.name for p in settings.providers])
 
     @classmethod
     def from_config(
@@ -130,9 +129,18 @@ class Router:
         """Release connections; settlements still waiting for the database get a few
         seconds, then are left to the sweeper."""
         self._settlements.close()
-        for adapter in self.adapters.values():
-            adapter.close()
+        self._directory.close()
         self.store.close()
+
+    @property
+    def directory(self) -> ProviderDirectory:
+        """The current snapshot of the providers, their adapters and models."""
+        return self._directory
+
+    @property
+    def catalog(self) -> ModelCatalog:
+        """The current snapshot's model catalog."""
+        return self._directory.catalog
 
     # ------------------------------------------------------------------ chat
 
@@ -197,10 +205,12 @@ class Router:
         authenticated it already (see ``key_for_identity``)."""
         key = caller if caller is not None else self.keys.authenticate(api_key)
         request = body if isinstance(body, ChatRequest) else parse_chat_request(body)
-        target = self.catalog.resolve(request.model)
-        targets = [target, *self.catalog.fallbacks(target)]
+        directory = self.directory  # this request's snapshot, whatever changes meanwhile
+        target = directory.catalog.resolve(request.model)
+        targets = [target, *directory.catalog.fallbacks(target)]
+        key, targets = self._allowed_targets(key, targets)
         reserve = max(reservation_nanos(request, t.model) for t in targets)
-        admission = self._admit(key, target, reserve)
+        admission, targets = self._admit(key, targets, reserve)
         rate_limit = self.quota.check(admission, needed_nanos=reserve)
         ticket = admission.ticket
         assert ticket is not None  # quota.check raised for a request not admitted
@@ -211,9 +221,13 @@ class Router:
         deadline = time.monotonic() + self.settings.max_call_seconds
         try:
             if request.stream:
-                upstream, served = self.dispatcher.stream(request, targets, deadline=deadline)
+                upstream, served = self.dispatcher.stream(
+                    request, targets, directory, deadline=deadline
+                )
             else:
-                completion, served = self.dispatcher.chat(request, targets, deadline=deadline)
+                completion, served = self.dispatcher.chat(
+                    request, targets, directory, deadline=deadline
+                )
         except BaseException as exc:
             self._dispatch_failed(ticket, targets[0], exc)
             if isinstance(exc, LLMRouterError):
@@ -230,25 +244,58 @@ class Router:
         completion.model = served.public_id
         return ChatResult(completion, rate_limit, served.provider)
 
-    def _admit(self, key: KeyRecord, target: Target, reserve: int) -> Admission:
-        now = self._now_ms()
-        try:
-            return self.store.admit(
-                key.id,
-                request_id="chatcmpl-" + uuid.uuid4().hex,
-                now=now,
-                deadline_at=now + int(self._ticket_lifetime * 1000),
-                defaults=self.quota.defaults,
-                reserve_nanos=reserve,
-                premium=target.model.premium,
-                provider=target.provider,
-                model=target.public_id,
-                upstream_model=target.upstream_model,
-            )
-        except NotFoundError:
-            # Revoked by another process while this one still had the key cached.
-            self.keys.forget_all()
-            raise AuthenticationError("This API key has been revoked.") from None
+    def _allowed_targets(
+        self, key: KeyRecord, targets: list[Target]
+    ) -> tuple[KeyRecord, list[Target]]:
+        """The targets ``key`` may call: the primary or a 403, and the fallbacks its
+        restrictions allow. A refusal is checked on the key read afresh (a cached record
+        may predate a restriction lifted in another process)."""
+        primary = targets[0]
+        if not key.allows(primary.provider, primary.public_id):
+            key = self.keys.refresh(key)
+            if not key.allows(primary.provider, primary.public_id):
+                raise ModelNotAllowedError(
+                    f"This API key may not use the model '{primary.public_id}'.", param="model"
+                )
+        return key, [t for t in targets if key.allows(t.provider, t.public_id)]
+
+    def _admit(
+        self, key: KeyRecord, targets: list[Target], reserve: int
+    ) -> tuple[Admission, list[Target]]:
+        """The admission of a call to ``targets`` (allowed by ``key``'s restrictions), and
+        the targets allowed by the key as the statement found it. The statement refuses a
+        secret rotated away (401 here) and a decision made on restrictions changed
+        meanwhile, in any process; then the key is read again and the decision made again
+        (a few times at most: the restrictions would have to change again each time)."""
+        target = targets[0]
+        for _ in range(3):
+            now = self._now_ms()
+            try:
+                admission = self.store.admit(
+                    key.id,
+                    request_id="chatcmpl-" + uuid.uuid4().hex,
+                    now=now,
+                    deadline_at=now + int(self._ticket_lifetime * 1000),
+                    defaults=self.quota.defaults,
+                    reserve_nanos=reserve,
+                    premium=target.model.premium,
+                    provider=target.provider,
+                    model=target.public_id,
+                    upstream_model=target.upstream_model,
+                    secret_hash=key.secret_hash,
+                    restrictions_version=key.restrictions_version,
+                )
+            except NotFoundError:
+                # Rotated or revoked by another process while this one had the key cached.
+                if key.secret_hash is not None:
+                    self.keys.forget(key.secret_hash)
+                raise AuthenticationError("This API key's secret was rotated or revoked.") from None
+            if admission.kind is not AdmissionKind.STALE_RESTRICTIONS:
+                return admission, targets
+            key, targets = self._allowed_targets(self.keys.refresh(key), targets)
+        raise StoreUnavailableError(
+            "This API key's restrictions kept changing while the request was admitted; try again."
+        )
 
     def _metered(
         self,
@@ -348,10 +395,10 @@ class Router:
     # ------------------------------------------------------------------ models
 
     def models(self) -> ModelList:
-        return ModelList(data=self.catalog.cards())
+        return ModelList(data=self.directory.catalog.cards())
 
     def model(self, model_id: str) -> ModelCard:
-        return self.catalog.card(model_id)
+        return self.directory.catalog.card(model_id)
 
     # ------------------------------------------------------------------ keys and money
 
@@ -364,34 +411,72 @@ class Router:
         daily_requests: int | None = None,
         throttle_seconds: int | None = None,
         requests_per_minute: int | None = None,
+        allowed_models: Sequence[str] | None = None,
+        allowed_providers: Sequence[str] | None = None,
     ) -> tuple[KeyRecord, str]:
-        """A new API key and its secret (shown once; only its hash is stored)."""
-        if not name.strip():
+        """A new API key and its secret (shown once; only its hash is stored).
+
+        ``allowed_models`` (``Provider#Model`` names) and ``allowed_providers`` restrict
+        what the key may call; None (the default) leaves it unrestricted. A name no
+        provider has is accepted (it may be added later). Bad values: 400 naming them."""
+        if not isinstance(name, str) or not name.strip():
             raise InvalidRequestError("a key needs a non-empty name", param="name")
-        try:
-            quota = KeyQuota(
-                daily_requests=daily_requests,
-                throttle_seconds=throttle_seconds,
-                requests_per_minute=requests_per_minute,
-            )
-        except ValidationError as exc:
-            message, param = describe_validation_error(exc)
-            raise InvalidRequestError(message, param=param) from None
+        fields = parse_fields(
+            KeyChanges,
+            {
+                "name": name,
+                "daily_requests": daily_requests,
+                "throttle_seconds": throttle_seconds,
+                "requests_per_minute": requests_per_minute,
+                "allowed_models": _as_list(allowed_models),
+                "allowed_providers": _as_list(allowed_providers),
+            },
+        )
+        checked = changes_of(fields)
         record, secret = self.store.create_key(
-            name,
-            is_admin=admin,
+            checked["name"],
+            is_admin=bool(admin),
             credits_nanos=_positive_nanos(credits, "credits", allow_zero=True),
             now=self._now_ms(),
-            daily_requests=quota.daily_requests,
-            throttle_seconds=quota.throttle_seconds,
-            requests_per_minute=quota.requests_per_minute,
+            daily_requests=checked["daily_requests"],
+            throttle_seconds=checked["throttle_seconds"],
+            requests_per_minute=checked["requests_per_minute"],
+            allowed_models=checked["allowed_models"],
+            allowed_providers=checked["allowed_providers"],
         )
         self.keys.forget_all()
         return record, secret
 
-    def authenticate(self, api_key: str | None) -> KeyRecord:
-        """The active key whose secret is ``api_key`` (``AuthenticationError`` otherwise)."""
-        return self.keys.authenticate(api_key)
+    def get_key(self, key_id: str) -> KeyRecord:
+        """One key (``NotFoundError`` for an unknown id)."""
+        return self.store.get_key(_key_id(key_id))
+
+    def update_key(self, key_id: str, /, **changes: Any) -> KeyRecord:
+        """Change a key's ``name``, limits (``daily_requests``, ``throttle_seconds``,
+        ``requests_per_minute``; None: back to the ``[quota]`` default) or restrictions
+        (``allowed_models``, ``allowed_providers``; None: lifted). Only the fields given
+        change. Every process sees new limits and restrictions at the key's next admission."""
+        key_id = _key_id(key_id)
+        for name in ("allowed_models", "allowed_providers"):
+            if name in changes:
+                changes[name] = _as_list(changes[name])
+        fields = parse_fields(KeyChanges, changes)
+        record = self.store.update_key(key_id, changes_of(fields))
+        self.keys.forget_all()
+        return record
+
+    def rotate_key(self, key_id: str) -> tuple[KeyRecord, str]:
+        """A new secret for the key (shown once). The old secret is refused at once by
+        every process's next chat admission; other calls (usage) may accept it for up to
+        ``key_cache_seconds`` in a process that had it cached."""
+        record, secret = self.store.rotate_key(_key_id(key_id))
+        self.keys.forget_all()
+        return record, secret
+
+    def authenticate(self, api_key: str | None, *, fresh: bool = False) -> KeyRecord:
+        """The active key whose secret is ``api_key`` (``AuthenticationError`` otherwise);
+        ``fresh`` reads the database rather than the ``key_cache_seconds`` cache."""
+        return self.keys.authenticate(api_key, fresh=fresh)
 
     def key_for_identity(self, key_id: str) -> KeyRecord:
         """The active key a host's own login maps to (``AuthenticationError`` when it is
@@ -472,16 +557,6 @@ class Router:
         return self.store.provider_totals()
 
 
-def _build_adapters(settings: Settings) -> dict[str, ProviderAdapter]:
-    adapters = {}
-    for index, provider in enumerate(settings.providers):
-        try:
-            adapters[provider.name] = build_adapter(provider)
-        except ConfigError as exc:
-            raise exc.at("", f"providers[{index}]({provider.name})") from None
-    return adapters
-
-
 def _key_id(key_id: str) -> str:
     """``key_id`` if it can be one (``key_`` and hex; some stores refuse NUL or surrogates
     in a query, which must be a 400 naming it, not a database error)."""
@@ -491,6 +566,14 @@ def _key_id(key_id: str) -> str:
 
 
 _KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def _as_list(names: Any) -> Any:
+    """A sequence of names as the list the checks take (a lone string stays a string, so
+    it is refused as one rather than split into letters)."""
+    if isinstance(names, Sequence) and not isinstance(names, str):
+        return list(names)
+    return names
 
 
 def _positive_nanos(amount: Decimal | str | int, field: str, *, allow_zero: bool = False) -> int:

@@ -140,7 +140,7 @@ def test_no_retry_waits_past_the_calls_deadline(
     targets = [router.catalog.resolve(GPT)]
 
     with pytest.raises(UpstreamError) as caught:
-        router.dispatcher.chat(request, targets, deadline=time.monotonic() + 1)
+        router.dispatcher.chat(request, targets, router.directory, deadline=time.monotonic() + 1)
 
     assert caught.value.upstream_status == 503  # the last error, not a wait
     assert waits == []
@@ -154,7 +154,7 @@ def test_no_attempt_starts_once_the_deadline_has_passed(
     targets = [router.catalog.resolve(GPT)]
 
     with pytest.raises(UpstreamTimeoutError, match="deadline"):
-        router.dispatcher.chat(request, targets, deadline=time.monotonic() - 1)
+        router.dispatcher.chat(request, targets, router.directory, deadline=time.monotonic() - 1)
 
     assert fake_openai.answered == 0
 

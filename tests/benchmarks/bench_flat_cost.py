@@ -105,7 +105,7 @@ def bulk_insert(router: Router, key: KeyRecord, rows: int) -> float:
 
 def measure_chat(empty: Ledger, full: Ledger, count: int, warmup: int) -> tuple[Pairs, Pairs]:
     """Rounds of the echo adapter alone, ``router.chat`` on each ledger, in rotating order."""
-    adapter = empty.router.adapters["echo"]
+    adapter = empty.router.directory.adapter("echo")
     request = parse_chat_request({"model": "echo#echo", "messages": MESSAGES, "max_tokens": 16})
 
     def routed(target: Ledger) -> None:
