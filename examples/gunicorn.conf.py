@@ -5,6 +5,8 @@
 
 Every worker process builds its own Router from ``$LLMROUTER_CONFIG``; quotas and billing
 stay exact across them because every decision is one statement in the shared database.
+Run it behind a proxy that buffers request bodies (nginx does by default): a thread reading
+a body waits as long as the client takes to send it.
 """
 
 import os

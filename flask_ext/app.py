@@ -23,9 +23,10 @@ def create_app(config: str | os.PathLike[str] | Mapping[str, Any] | None = None)
     router = Router.from_config(
         config if config is not None else os.environ.get("LLMROUTER_CONFIG")
     )
-    LLMRouter(app, router=router)
+    # The whole app is ours: the API at the root too, and the health check at /health.
+    LLMRouter(app, router=router, unprefixed_routes=True, health_route="/health")
 
-    # The whole app is ours: routes nobody registered get OpenAI's error body too.
+    # Routes nobody registered get OpenAI's error body too.
     @app.errorhandler(404)
     def not_found(_: Exception) -> Response:
         return _error(NotFoundError(f"Unknown route: {request.method} {request.path}"))

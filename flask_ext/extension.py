@@ -28,11 +28,12 @@ CONFIG_KEYS = {
     "LLMROUTER_CONFIG": "TOML path or dict to build the Router from when none is given "
     "(default: $LLMROUTER_CONFIG, else the embedded default)",
     "LLMROUTER_URL_PREFIX": 'where the API is mounted (default "/v1")',
-    "LLMROUTER_UNPREFIXED_ROUTES": "also answer the API routes without the prefix, for "
-    "clients that add /v1 themselves or never do (default True)",
-    "LLMROUTER_HEALTH_ROUTE": 'the health check route (default "/health"; False to leave out)',
+    "LLMROUTER_UNPREFIXED_ROUTES": "also answer the API routes at the app's root, for "
+    "clients that add /v1 themselves or never do (default False: the root is the host's)",
+    "LLMROUTER_HEALTH_ROUTE": 'the health check route (default "<prefix>/health"; False to '
+    "leave out)",
 }
-_ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+_ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 log = logging.getLogger("llmrouter")
 IdentityLoader = Callable[[], str | None]
 
@@ -118,11 +119,15 @@ class LLMRouter:
             log.error("llmrouter cannot serve: %s", exc.message)
             router, problem = None, exc
         prefix = _pick(self._url_prefix, app.config.get("LLMROUTER_URL_PREFIX"), "/v1")
+        # The root is the host's unless it asks: Flask would hand an identical rule to
+        # whichever was registered first, silently (the host's own /health, say).
         unprefixed = _pick(
-            self._unprefixed_routes, app.config.get("LLMROUTER_UNPREFIXED_ROUTES"), True
+            self._unprefixed_routes, app.config.get("LLMROUTER_UNPREFIXED_ROUTES"), False
         )
-        health = _pick(self._health_route, app.config.get("LLMROUTER_HEALTH_ROUTE"), "/health")
         prefix = prefix.rstrip("/")
+        health = _pick(
+            self._health_route, app.config.get("LLMROUTER_HEALTH_ROUTE"), f"{prefix}/health"
+        )
         prefixes = (prefix, "") if unprefixed and prefix else (prefix,)
         api = RouterAPI(router, prefixes=prefixes, health_route=health or None) if router else None
         state = _State(
@@ -169,15 +174,19 @@ def _blueprint(prefixes: tuple[str, ...], health: str | None) -> Blueprint:
     bp = Blueprint("llmrouter", __name__)
     for prefix in prefixes:
         if prefix:
-            bp.add_url_rule(prefix, "api", _serve, methods=_ANY_METHOD)
-            bp.add_url_rule(f"{prefix}/<path:rest>", "api", _serve, methods=_ANY_METHOD)
+            _add(bp, prefix)
+            _add(bp, f"{prefix}/<path:rest>")
             continue
         for route in ROUTES:
-            rule = route.template.replace("{", "<path:").replace("}", ">")
-            bp.add_url_rule(rule, "api", _serve, methods=_ANY_METHOD)
+            _add(bp, route.template.replace("{", "<path:").replace("}", ">"))
     if health:
-        bp.add_url_rule(health, "api", _serve, methods=_ANY_METHOD)
+        _add(bp, health)
     return bp
+
+
+def _add(bp: Blueprint, rule: str) -> None:
+    # HEAD and OPTIONS are the API's to answer (Flask would answer them its own way).
+    bp.add_url_rule(rule, "api", _serve, methods=_ANY_METHOD, provide_automatic_options=False)
 
 
 def _serve(**_: str) -> Response:

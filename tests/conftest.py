@@ -121,7 +121,7 @@ def api_key(router: Router) -> str:
 def live_api(router: Router) -> Iterator[str]:
     """The router mounted in a Flask app served on loopback; yields the base URL."""
     app = Flask("host-app")
-    LLMRouter(app, router=router)
+    LLMRouter(app, router=router, unprefixed_routes=True, health_route="/health")
     with LoopbackServer(app) as server:
         yield server.url
 

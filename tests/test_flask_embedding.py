@@ -14,7 +14,7 @@ from sqlalchemy import create_engine
 
 from flask_ext import LLMRouter, current_router
 from llmrouter import Router
-from llmrouter.http import CSRF_HEADER
+from llmrouter.http import CSRF_HEADER, ROUTES
 from llmrouter.store.tables import metadata
 
 CHAT = {"model": "echo#echo", "messages": [{"role": "user", "content": "hi there"}]}
@@ -110,6 +110,18 @@ def test_a_signed_in_user_without_a_live_key_is_a_401(
     assert answer.get_json()["error"]["code"] == "invalid_api_key"
 
 
+def test_an_empty_bearer_beside_a_signed_in_user_is_a_401_not_the_user(
+    browser: FlaskClient, router: Router
+) -> None:
+    record, _ = router.create_key("alice")
+    sign_in(browser, record.id)
+
+    answer = browser.get("/v1/usage", headers={"Authorization": "Bearer  "})
+
+    assert answer.status_code == 401
+    assert "empty Bearer" in answer.get_json()["error"]["message"]
+
+
 def test_nobody_signed_in_and_no_secret_is_a_401(browser: FlaskClient) -> None:
     answer = browser.post("/v1/chat/completions", json=CHAT, headers={CSRF_HEADER: "1"})
     assert answer.status_code == 401
@@ -154,16 +166,47 @@ def test_the_endpoint_list_uses_the_prefix_the_app_really_uses(
     info = client.get(f"{listed}/provider").get_json()
 
     assert info["endpoints"] == [
-        f"POST {listed}/chat/completions",
-        f"GET {listed}/models",
-        f"GET {listed}/models/{{model_id}}",
-        f"GET {listed}/provider",
-        f"GET {listed}/usage",
-        "GET /health",
+        *(f"{route.method} {listed}{route.template}" for route in ROUTES),
+        f"GET {listed}/health",
     ]
-    assert client.get("/provider").status_code == 200  # the unprefixed routes too
-    assert client.get("/host-page").status_code == 404  # the host keeps its own 404s
-    assert client.get("/host-page").get_json() is None
+    assert {f"POST {listed}/chat/completions", f"GET {listed}/models/{{model_id}}"} <= set(
+        info["endpoints"]
+    )
+    assert client.get(f"{listed}/health").get_json()["status"] == "healthy"
+    assert client.get("/provider").status_code == 404  # the root is the host's
+    assert client.get("/host-page").get_json() is None  # and so are its 404s
+
+
+def test_the_hosts_own_root_routes_stay_the_hosts_whatever_the_order(router: Router) -> None:
+    app = Flask("host-app")
+
+    @app.get("/health")
+    def host_health() -> str:
+        return "host health"
+
+    LLMRouter(app, router=router)
+
+    @app.get("/usage")
+    def host_usage() -> str:
+        return "host usage page"
+
+    @app.post("/chat/completions")
+    def host_chat() -> str:
+        return "host chat"
+
+    client = app.test_client()
+    assert client.get("/health").get_data(as_text=True) == "host health"
+    assert client.get("/usage").get_data(as_text=True) == "host usage page"
+    assert client.post("/chat/completions").get_data(as_text=True) == "host chat"
+    assert client.get("/v1/usage").status_code == 401  # the router's, under its prefix
+
+
+def test_the_root_routes_when_the_host_asks_for_them(router: Router) -> None:
+    app = Flask("host-app")
+    LLMRouter(app, router=router, unprefixed_routes=True, health_route="/health")
+    client = app.test_client()
+    assert client.get("/provider").get_json()["object"] == "provider"
+    assert client.get("/health").get_json()["status"] == "healthy"
 
 
 def test_a_database_behind_the_schema_keeps_the_api_off_until_flask_llmrouter_db_upgrade(

@@ -206,8 +206,8 @@ def test_health_reports_unreachable_store(tmp_path: Path) -> None:
     app = Flask("host")
     LLMRouter(app, router=router)
     with LoopbackServer(app) as server:
-        assert requests.get(server.url + "/health", timeout=5).status_code == 200
+        assert requests.get(server.url + "/v1/health", timeout=5).status_code == 200
         reachable = False
-        response = requests.get(server.url + "/health", timeout=5)
+        response = requests.get(server.url + "/v1/health", timeout=5)
     assert response.status_code == 503
     assert response.json()["status"] == "unhealthy"

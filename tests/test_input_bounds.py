@@ -330,6 +330,9 @@ GOOD_BYTES = json.dumps(GOOD).encode()
         ),
         pytest.param(["Content-Length: 5"], b"", id="empty-with-length"),
         pytest.param(["Content-Length: abc"], GOOD_BYTES, id="length-not-a-number"),
+        pytest.param(["Content-Length: 1_0"], GOOD_BYTES, id="length-with-underscore"),
+        pytest.param(["Content-Length: +5"], GOOD_BYTES, id="length-with-sign"),
+        pytest.param(["Content-Length: -5"], GOOD_BYTES, id="negative-length"),
         pytest.param(
             [f"Content-Length: {len(GOOD_BYTES) + 2}"],
             GOOD_BYTES[:-2] + b"\xff\xfe}}",
@@ -345,6 +348,16 @@ def test_a_broken_body_on_the_wire_is_400(
     error = payload["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "invalid_request_error"
+
+
+def test_a_transfer_encoding_overrides_the_content_length(
+    server: LoopbackServer, api_key: str
+) -> None:
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(GOOD_BYTES), GOOD_BYTES)
+    status, payload = send_raw(
+        server, head(api_key, "Transfer-Encoding: chunked", "Content-Length: 5"), chunked
+    )
+    assert status == 200, payload
 
 
 def test_the_server_answers_well_after_broken_bodies(server: LoopbackServer, api_key: str) -> None:

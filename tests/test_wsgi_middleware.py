@@ -110,6 +110,19 @@ def test_the_api_under_the_prefix_lists_its_own_endpoints_and_errors(
     assert (anonymous.status_code, anonymous.json()["error"]["code"]) == (401, "invalid_api_key")
 
 
+def test_head_answers_like_get_without_a_body_and_options_names_the_method(
+    served: str,
+) -> None:
+    head = requests.head(served + "/llm/health", timeout=5)
+    options = requests.options(served + "/llm/v1/chat/completions", timeout=5)
+    assert (head.status_code, head.text, head.headers["Content-Type"]) == (
+        200,
+        "",
+        "application/json",
+    )
+    assert (options.status_code, options.headers["Allow"]) == (204, "POST, OPTIONS")
+
+
 def test_a_client_leaving_mid_stream_is_billed_partial(
     router: Router, api_key: str, fake_openai: FakeOpenAI
 ) -> None:

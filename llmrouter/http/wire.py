@@ -5,19 +5,26 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 
-from ..errors import InvalidRequestError, LLMRouterError, RequestTooLargeError
+from ..errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    LLMRouterError,
+    RequestTooLargeError,
+)
 from ..streaming import DONE, encode_event
 
 log = logging.getLogger("llmrouter")
 
 #: the environ key under which a host vouches for the caller: a router key id
 IDENTITY_KEY = "llmrouter.identity"
+_DIGITS = re.compile(r"[0-9]{1,19}")
 _READ_CHUNK = 65536
 
 
@@ -56,8 +63,14 @@ class Request:
         return str(value) if value is not None else None
 
     def bearer_token(self) -> str | None:
+        """The Bearer secret; None without one. An empty one is refused, not taken for
+        none (which would fall back to the host's login)."""
         scheme, _, token = (self.header("Authorization") or "").partition(" ")
-        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+        if scheme.lower() != "bearer":
+            return None
+        if not token.strip():
+            raise AuthenticationError("The Authorization header has an empty Bearer secret.")
+        return token.strip()
 
     @property
     def identity(self) -> str | None:
@@ -76,10 +89,11 @@ class Request:
     def _read_at_most(self, limit: int) -> bytes:
         """The body, read in pieces so one sent without a length cannot exceed ``limit``."""
         length = self.header("Content-Length")
-        try:
-            expected = int(length) if length else None
-        except ValueError:
-            raise InvalidRequestError("The Content-Length header is not a number.") from None
+        if length and not _DIGITS.fullmatch(length.strip()):
+            raise InvalidRequestError("The Content-Length header is not a number of bytes.")
+        expected = int(length) if length else None
+        if self.header("Transfer-Encoding") and self.environ.get("wsgi.input_terminated"):
+            expected = None  # a transfer encoding overrides the length (RFC 9112, 6.3)
         if expected is not None and expected > limit:
             raise RequestTooLargeError(f"The request body is larger than {limit} bytes.")
         if expected is None and not self.environ.get("wsgi.input_terminated"):
