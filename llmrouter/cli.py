@@ -17,8 +17,9 @@ from . import __version__, usage
 from .billing import nanos_to_usd
 from .config import load_settings, source_label
 from .errors import ConfigError, LLMRouterError
+from .keys import key_view
 from .router import Router
-from .store import KeyRecord, Store
+from .store import Store
 
 
 @dataclass
@@ -83,8 +84,32 @@ def _parser(prog: str = "llmrouter") -> argparse.ArgumentParser:
     create.add_argument("--daily-requests", type=int, help="override the fair-use allowance")
     create.add_argument("--throttle-seconds", type=int, help="override the throttle window")
     create.add_argument("--requests-per-minute", type=int, help="add a per-minute limit")
+    _restriction_arguments(create)
     create.add_argument("--json", action="store_true", help="print a JSON object")
     create.set_defaults(run=_keys_create)
+    show = keys.add_parser("show", parents=[common], help="one key (never its secret)")
+    show.add_argument("key_id")
+    show.set_defaults(run=_keys_show)
+    change = keys.add_parser(
+        "update", parents=[common], help="change a key's name, limits or restrictions"
+    )
+    change.add_argument("key_id")
+    change.add_argument("--name")
+    for limit in ("--daily-requests", "--throttle-seconds", "--requests-per-minute"):
+        change.add_argument(limit, type=_limit, metavar="N|default")
+    _restriction_arguments(change)
+    change.add_argument(
+        "--any-model",
+        action="store_true",
+        help="lift both restrictions (allowed models and providers)",
+    )
+    change.set_defaults(run=_keys_update)
+    rotate = keys.add_parser(
+        "rotate", parents=[common], help="a new secret for a key (shown once; the old one stops)"
+    )
+    rotate.add_argument("key_id")
+    rotate.add_argument("--json", action="store_true", help="print a JSON object")
+    rotate.set_defaults(run=_keys_rotate)
     listing = keys.add_parser("list", parents=[common], help="list keys (never their secrets)")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=_keys_list)
@@ -189,6 +214,36 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+_DEFAULT = "default"
+
+
+def _limit(value: str) -> int | str:
+    """A limit's value for ``keys update``: a number, or ``default`` (the ``[quota]`` one)."""
+    if value == _DEFAULT:
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number or 'default'") from None
+
+
+def _restriction_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allowed-model",
+        action="append",
+        dest="allowed_models",
+        metavar="PROVIDER#MODEL",
+        help="restrict the key to this model (repeat for more)",
+    )
+    parser.add_argument(
+        "--allowed-provider",
+        action="append",
+        dest="allowed_providers",
+        metavar="PROVIDER",
+        help="restrict the key to this provider's models (repeat for more)",
+    )
+
+
 def _keys_create(args: argparse.Namespace) -> int:
     record, secret = _router(args).create_key(
         args.name,
@@ -197,11 +252,47 @@ def _keys_create(args: argparse.Namespace) -> int:
         daily_requests=args.daily_requests,
         throttle_seconds=args.throttle_seconds,
         requests_per_minute=args.requests_per_minute,
+        allowed_models=args.allowed_models,
+        allowed_providers=args.allowed_providers,
     )
     if args.json:
-        print(json.dumps({**_key_dict(record), "secret": secret}))
+        print(json.dumps({**key_view(record), "secret": secret}))
     else:
         print(f"created key {record.id} ({record.name})")
+        print(f"secret: {secret}")
+        print("This secret is shown once and cannot be recovered: store it now.")
+    return 0
+
+
+def _keys_show(args: argparse.Namespace) -> int:
+    print(json.dumps(key_view(_router(args).get_key(args.key_id)), indent=2))
+    return 0
+
+
+def _keys_update(args: argparse.Namespace) -> int:
+    changes: dict[str, Any] = {}
+    if args.name is not None:
+        changes["name"] = args.name
+    for limit in ("daily_requests", "throttle_seconds", "requests_per_minute"):
+        value = getattr(args, limit)
+        if value is not None:
+            changes[limit] = None if value == _DEFAULT else value
+    if args.any_model:
+        changes["allowed_models"] = changes["allowed_providers"] = None
+    for restriction in ("allowed_models", "allowed_providers"):
+        if getattr(args, restriction) is not None:
+            changes[restriction] = getattr(args, restriction)
+    record = _router(args).update_key(args.key_id, **changes)
+    print(json.dumps(key_view(record), indent=2))
+    return 0
+
+
+def _keys_rotate(args: argparse.Namespace) -> int:
+    record, secret = _router(args).rotate_key(args.key_id)
+    if args.json:
+        print(json.dumps({**key_view(record), "secret": secret}))
+    else:
+        print(f"rotated key {record.id} ({record.name}): the old secret is refused from now on")
         print(f"secret: {secret}")
         print("This secret is shown once and cannot be recovered: store it now.")
     return 0
@@ -210,7 +301,7 @@ def _keys_create(args: argparse.Namespace) -> int:
 def _keys_list(args: argparse.Namespace) -> int:
     records = _router(args).list_keys()
     if args.json:
-        print(json.dumps([_key_dict(r) for r in records]))
+        print(json.dumps([key_view(r) for r in records]))
         return 0
     for r in records:
         state = "revoked" if r.revoked_at else ("admin" if r.is_admin else "active")
@@ -297,15 +388,3 @@ def _db_current(args: argparse.Namespace) -> int:
     state = "at head" if revision == head else f"behind: run `llmrouter db upgrade` for {head}"
     print(f"{revision or '(empty)'} ({state})")
     return 0 if revision == head else 1
-
-
-def _key_dict(record: KeyRecord) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "name": record.name,
-        "hint": record.hint,
-        "admin": record.is_admin,
-        "revoked": record.revoked_at is not None,
-        "balance": nanos_to_usd(record.balance_nanos),
-        "spent": nanos_to_usd(record.spent_nanos),
-    }

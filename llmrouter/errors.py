@@ -11,6 +11,7 @@ Every failure a caller can see is one of these classes; over HTTP each renders a
     │   └── RequestTooLargeError         413 request_too_large
     ├── AuthenticationError              401 invalid_api_key
     ├── PermissionDeniedError            403 permission_denied
+    │   └── ModelNotAllowedError         403 model_not_allowed      (the key's restrictions)
     ├── NotFoundError                    404 not_found
     │   └── ModelNotFoundError           404 model_not_found        (names close matches)
     ├── MethodNotAllowedError            405 method_not_allowed
@@ -124,6 +125,12 @@ class PermissionDeniedError(LLMRouterError):
     status = 403
     type = "invalid_request_error"
     code = "permission_denied"
+
+
+class ModelNotAllowedError(PermissionDeniedError):
+    """The key's ``allowed_models`` / ``allowed_providers`` do not include the model."""
+
+    code = "model_not_allowed"
 
 
 class NotFoundError(LLMRouterError):

@@ -15,7 +15,7 @@ from sqlalchemy import create_engine
 from flask_ext import LLMRouter, current_router
 from llmrouter import Router
 from llmrouter.http import CSRF_HEADER, ROUTES
-from llmrouter.store.tables import metadata
+from llmrouter.migrations.versions.r0001_baseline import baseline_metadata
 
 CHAT = {"model": "echo#echo", "messages": [{"role": "user", "content": "hi there"}]}
 
@@ -214,7 +214,8 @@ def test_a_database_behind_the_schema_keeps_the_api_off_until_flask_llmrouter_db
 ) -> None:
     url = f"sqlite:///{tmp_path}/old.db"
     engine = create_engine(url)
-    metadata.create_all(engine)  # tables as an older llmrouter made them: no version row
+    # tables as an older llmrouter made them (the baseline's), without a version row
+    baseline_metadata("llmrouter_").create_all(engine)
     engine.dispose()
     config = {"database_url": url, "providers": [{"name": "echo", "kind": "echo"}]}
 

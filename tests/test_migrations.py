@@ -18,6 +18,7 @@ from sqlalchemy import inspect
 
 from llmrouter import Router
 from llmrouter.errors import ConfigError
+from llmrouter.migrations.versions import r0001_baseline
 from llmrouter.store import Store, schema
 from llmrouter.store.engine import create_engine_for
 from llmrouter.store.tables import Tables, build_tables
@@ -94,7 +95,8 @@ def test_tables_without_a_version_row_are_refused_then_adopted_by_upgrade(
 ) -> None:
     engine = create_engine_for(database_url)
     try:
-        tables.metadata.create_all(engine)  # what llmrouter 0.1 did at every start
+        # what llmrouter 0.1 did at every start: its tables, the baseline's
+        r0001_baseline.baseline_metadata(tables.prefix).create_all(engine)
     finally:
         engine.dispose()
     with pytest.raises(ConfigError, match=r"from before migrations.*`llmrouter db upgrade`"):
@@ -116,8 +118,10 @@ def test_a_database_behind_or_ahead_of_the_code_is_refused(
     finally:
         store.close()
     # A later llmrouter, whose head is past the baseline this database is at:
-    monkeypatch.setattr(schema, "head_revision", lambda: "0002")
-    with pytest.raises(ConfigError, match=r"at revision 0001.*needs 0002: run `llmrouter db up"):
+    head = schema.head_revision()
+    later = f"{int(head) + 1:04d}"
+    monkeypatch.setattr(schema, "head_revision", lambda: later)
+    with pytest.raises(ConfigError, match=rf"at revision {head}.*needs {later}: run `llmrouter db"):
         Store(database_url, table_prefix=tables.prefix)
     monkeypatch.undo()
     # An older llmrouter than the one that migrated the database:
@@ -149,14 +153,15 @@ def test_db_upgrade_and_current_commands(database_url: str, tables: Tables, tmp_
     )
     behind = run_cli(config, "db", "current")
     assert behind.returncode == 1
-    assert behind.stdout.strip() == "(empty) (behind: run `llmrouter db upgrade` for 0001)"
+    head = schema.head_revision()
+    assert behind.stdout.strip() == f"(empty) (behind: run `llmrouter db upgrade` for {head})"
     upgraded = run_cli(config, "db", "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
-    assert upgraded.stdout.strip() == "upgraded the database from revision (empty) to 0001"
+    assert upgraded.stdout.strip() == f"upgraded the database from revision (empty) to {head}"
     current = run_cli(config, "db", "current")
-    assert (current.returncode, current.stdout.strip()) == (0, "0001 (at head)")
+    assert (current.returncode, current.stdout.strip()) == (0, f"{head} (at head)")
     again = run_cli(config, "db", "upgrade")
-    assert again.stdout.strip() == "the database is at revision 0001 already"
+    assert again.stdout.strip() == f"the database is at revision {head} already"
     created = run_cli(config, "keys", "create", "--name", "after-upgrade")
     assert created.returncode == 0, created.stderr
 
@@ -179,7 +184,8 @@ def test_a_table_prefix_of_the_hosts_choosing_end_to_end(database_url: str, tabl
         assert answer.choices[0].message.content == "hi"
         [row] = router.usage(key_id=key.id)
         assert (row.requests, row.provider, row.model) == (1, "echo", "echo#echo")
-        assert router.database_revision() == ("0001", "0001")
+        head = schema.head_revision()
+        assert router.database_revision() == (head, head)
     finally:
         router.close()
     made = table_names(database_url) - before

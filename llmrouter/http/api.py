@@ -22,6 +22,8 @@ from .wire import Request, Response, error_response
 class Match:
     route: Route | None  # None: under the API's prefix, but no route (404)
     parameter: str = ""
+    #: every route of the path, one per method (``route`` is the one of the request's)
+    routes: tuple[Route, ...] = ()
 
 
 class RouterAPI:
@@ -47,38 +49,55 @@ class RouterAPI:
             listed.append(f"GET {base}{self.health_route}")
         return listed
 
-    def match(self, path: str) -> Match | None:
-        """The route ``path`` names, a 404 of the API's, or None when it is not the API's."""
+    def match(self, path: str, method: str = "GET") -> Match | None:
+        """The route ``path`` names (of ``method`` when several methods share the path), a
+        404 of the API's, or None when it is not the API's."""
         if self.health_route and path == self.health_route:
-            return Match(HEALTH)
+            return Match(HEALTH, routes=(HEALTH,))
         for prefix in self.prefixes:
             if prefix and not (path == prefix or path.startswith(prefix + "/")):
                 continue
             below = path[len(prefix) :]
+            # The first template that matches names the path; its routes are the methods.
+            found: list[tuple[Route, str]] = []
             for route in ROUTES:
                 parameter = route.match(below)
-                if parameter is not None:
-                    return Match(route, parameter)
+                if parameter is not None and (not found or route.template == found[0][0].template):
+                    found.append((route, parameter))
+            if found:
+                route, parameter = next(((r, p) for r, p in found if r.method == method), found[0])
+                return Match(route, parameter, tuple(r for r, _ in found))
             if prefix:
                 return Match(None)
         return None
 
     def handle(self, request: Request) -> Response:
         """The answer to ``request``: never an exception, never a traceback."""
-        match = self.match(request.path)
+        # HEAD is GET without the body (HTTP requires it wherever GET is allowed).
+        match = self.match(request.path, "GET" if request.method == "HEAD" else request.method)
         try:
             if match is None or match.route is None:
                 raise NotFoundError(f"Unknown route: {request.method} {request.path}")
             route = match.route
+            if request.method == "OPTIONS":
+                methods = ", ".join(r.method for r in match.routes or (route,))
+                return Response(204, [], {"Allow": f"{methods}, OPTIONS"})
+            if request.method == "HEAD" and route.method == "GET":
+                answer = self._answer(route, request, match.parameter)
+                return Response(answer.status, [], answer.headers, answer.close)
             if request.method != route.method:
+                allowed = ", ".join(r.method for r in match.routes)
                 raise MethodNotAllowedError(
-                    f"{request.method} is not allowed on {request.path}; use {route.method}.",
-                    headers={"Allow": route.method},
+                    f"{request.method} is not allowed on {request.path}; use {allowed}.",
+                    headers={"Allow": allowed},
                 )
-            request.environ["llmrouter.endpoints"] = self.endpoints(request.base)
-            return route.handler(self.router, request, match.parameter)
+            return self._answer(route, request, match.parameter)
         except Exception as exc:
             return error_response(exc, request)
+
+    def _answer(self, route: Route, request: Request, parameter: str) -> Response:
+        request.environ["llmrouter.endpoints"] = self.endpoints(request.base)
+        return route.handler(self.router, request, parameter)
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__, usage
-from ..errors import PermissionDeniedError
+from ..errors import InvalidRequestError, PermissionDeniedError
+from ..keys import NewKey, TopUp, key_view, parse_fields
 from ..metering import MeteredStream
 from ..router import Router
 from ..store import KeyRecord
@@ -25,23 +26,30 @@ CSRF_HEADER = "X-LLMRouter-CSRF"
 @dataclass(frozen=True)
 class Route:
     method: str
-    #: below the API's prefix; a trailing ``{name}`` takes the rest of the path
+    #: below the API's prefix, with at most one ``{name}``: at the end it takes the rest
+    #: of the path; in the middle (``/keys/{key_id}/rotate``) one segment
     template: str
     handler: Handler
     summary: str
 
     def match(self, path: str) -> str | None:
         """The path parameter (``""`` without one) when ``path`` is this route's."""
-        head, brace, _ = self.template.partition("{")
+        head, brace, tail = self.template.partition("{")
         if not brace:
             return "" if path == self.template else None
-        rest = path[len(head) :] if path.startswith(head) else ""
-        return rest or None
+        after = tail.partition("}")[2]
+        if not path.startswith(head) or not path.endswith(after):
+            return None
+        value = path[len(head) : len(path) - len(after)]
+        if after and "/" in value:
+            return None
+        return value or None
 
 
-def caller(router: Router, request: Request) -> KeyRecord:
+def caller(router: Router, request: Request, *, fresh: bool = False) -> KeyRecord:
     """Who is asking: the key of a Bearer secret, else the key the host's login maps the
-    request to (a state-changing one only from the same site), else 401."""
+    request to (a state-changing one only from the same site), else 401. ``fresh``: the
+    secret is checked in the database, not the ``key_cache_seconds`` cache."""
     secret = request.bearer_token()
     if secret is None and request.identity is not None:
         if request.method in UNSAFE_METHODS and not _same_site(request):
@@ -50,7 +58,7 @@ def caller(router: Router, request: Request) -> KeyRecord:
                 "from this site (Origin): cross-site requests are refused."
             )
         return router.key_for_identity(request.identity)
-    return router.authenticate(secret)
+    return router.authenticate(secret, fresh=fresh)
 
 
 def _same_site(request: Request) -> bool:
@@ -89,6 +97,87 @@ def usage_report(router: Router, request: Request, _: str) -> Response:
         until_day=usage.day_of(until, field="until") if until else None,
     )
     return json_response(usage.report(rows))
+
+
+# ---------------------------------------------------------------------- API keys
+# The key routes check the caller's secret in the database (``fresh``), not the cache: an
+# admin key revoked or rotated in another process manages nothing, at once.
+
+
+def _admin(router: Router, request: Request) -> KeyRecord:
+    key = caller(router, request, fresh=True)
+    if not key.is_admin:
+        raise PermissionDeniedError("Only an admin key can manage API keys.")
+    return key
+
+
+def _body(router: Router, request: Request) -> dict[str, Any]:
+    body = request.json_body(router.settings.max_body_bytes)
+    if not isinstance(body, dict):
+        raise InvalidRequestError("The request body must be a JSON object.")
+    return body
+
+
+def _with_secret(record: KeyRecord, secret: str, status: int = 200) -> Response:
+    # The one answer that carries a secret: shown once, never stored, never again.
+    return json_response({**key_view(record), "secret": secret}, status)
+
+
+def create_key(router: Router, request: Request, _: str) -> Response:
+    _admin(router, request)
+    new = parse_fields(NewKey, _body(router, request))
+    record, secret = router.create_key(
+        new.name,
+        admin=new.admin,
+        credits=new.credits,
+        daily_requests=new.daily_requests,
+        throttle_seconds=new.throttle_seconds,
+        requests_per_minute=new.requests_per_minute,
+        allowed_models=new.allowed_models,
+        allowed_providers=new.allowed_providers,
+    )
+    return _with_secret(record, secret, 201)
+
+
+def list_keys(router: Router, request: Request, _: str) -> Response:
+    _admin(router, request)
+    return json_response({"object": "list", "data": [key_view(k) for k in router.list_keys()]})
+
+
+def get_key(router: Router, request: Request, key_id: str) -> Response:
+    _admin(router, request)
+    return json_response(key_view(router.get_key(key_id)))
+
+
+def update_key(router: Router, request: Request, key_id: str) -> Response:
+    _admin(router, request)
+    body = _body(router, request)
+    router.get_key(key_id)  # an unknown key is a 404 before its fields are looked at
+    return json_response(key_view(router.update_key(key_id, **body)))
+
+
+def rotate_key(router: Router, request: Request, key_id: str) -> Response:
+    _admin(router, request)
+    return _with_secret(*router.rotate_key(key_id))
+
+
+def top_up_key(router: Router, request: Request, key_id: str) -> Response:
+    _admin(router, request)
+    top_up = parse_fields(TopUp, _body(router, request))
+    return json_response(key_view(router.top_up(key_id, top_up.amount)))
+
+
+def revoke_key(router: Router, request: Request, key_id: str) -> Response:
+    _admin(router, request)
+    return json_response(key_view(router.revoke_key(key_id)))
+
+
+def my_key(router: Router, request: Request, _: str) -> Response:
+    return json_response(key_view(router.get_key(caller(router, request, fresh=True).id)))
+
+
+def rotate_my_key(router: Router, request: Request, _: str) -> Response:
+    return _with_secret(*router.rotate_key(caller(router, request, fresh=True).id))
 
 
 def provider_info(router: Router, request: Request, _: str) -> Response:
@@ -139,5 +228,15 @@ ROUTES = (
     Route("GET", "/models/{model_id}", get_model, "one model (Provider#Model, '#' as %23)"),
     Route("GET", "/provider", provider_info, "this service: endpoints, providers, quota"),
     Route("GET", "/usage", usage_report, "usage and spend (admins: every key's)"),
+    # The caller's own key, then the admin routes; a path's more specific templates first.
+    Route("GET", "/keys/me", my_key, "the calling key"),
+    Route("POST", "/keys/me/rotate", rotate_my_key, "a new secret for the calling key"),
+    Route("POST", "/keys", create_key, "create a key (admin; its secret is shown once)"),
+    Route("GET", "/keys", list_keys, "every key (admin)"),
+    Route("POST", "/keys/{key_id}/rotate", rotate_key, "a new secret for a key (admin)"),
+    Route("POST", "/keys/{key_id}/topup", top_up_key, "add USD to a key's balance (admin)"),
+    Route("GET", "/keys/{key_id}", get_key, "one key (admin)"),
+    Route("PATCH", "/keys/{key_id}", update_key, "change a key's name, limits, restrictions"),
+    Route("DELETE", "/keys/{key_id}", revoke_key, "revoke a key (admin)"),
 )
 HEALTH = Route("GET", "", health, "liveness and the database's health")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 
@@ -15,6 +15,9 @@ class AdmissionKind(IntEnum):
     REJECTED_THROTTLED = 4  # past it, no credits, the throttle slot is taken
     REJECTED_NO_CREDITS = 5  # premium model and the balance cannot cover the reservation
     REJECTED_PER_MINUTE = 6  # the key's requests_per_minute is used up
+    #: the key's restrictions changed since the caller read them: nothing was taken; the
+    #: caller reads the key again and decides again
+    STALE_RESTRICTIONS = 7
 
     @property
     def admitted(self) -> bool:
@@ -27,6 +30,8 @@ class AdmissionKind(IntEnum):
 
 @dataclass(frozen=True)
 class KeyRecord:
+    """An API key as the store holds it; never its secret."""
+
     id: str
     name: str
     hint: str
@@ -38,10 +43,37 @@ class KeyRecord:
     daily_requests: int | None
     throttle_seconds: int | None
     requests_per_minute: int | None
+    #: the ``Provider#Model`` names and the provider names the key may call (None: that
+    #: list does not restrict; see ``allows``)
+    allowed_models: tuple[str, ...] | None = None
+    allowed_providers: tuple[str, ...] | None = None
+    #: bumped by every change of the restrictions; the admission checks it
+    restrictions_version: int = 0
+    #: the hash of the secret this record was found by (None when found by id), so the
+    #: admission can refuse a secret rotated away meanwhile; never rendered or compared
+    secret_hash: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+    @property
+    def restricted(self) -> bool:
+        return self.allowed_models is not None or self.allowed_providers is not None
+
+    def allows(self, provider: str, model: str) -> bool:
+        """Whether the key may call ``model`` (a ``Provider#Model`` public id) of
+        ``provider``: always when unrestricted, else when either list names it. Names
+        compare case-insensitively, as the router resolves them."""
+        if not self.restricted:
+            return True
+        return model.casefold() in _folded(self.allowed_models) or provider.casefold() in (
+            _folded(self.allowed_providers)
+        )
+
+
+def _folded(names: tuple[str, ...] | None) -> set[str]:
+    return {name.casefold() for name in names or ()}
 
 
 @dataclass(frozen=True)

@@ -72,12 +72,18 @@ class Store(KeyStore):
         self._returning = bool(dialect.update_returning)
         # Built once: compiling a statement per call would double the request's overhead.
         self._admit = {
-            premium: _with_result(
-                admission_statement(tables, premium=premium, left_to_right=self._left_to_right),
+            (premium, by_secret): _with_result(
+                admission_statement(
+                    tables,
+                    premium=premium,
+                    left_to_right=self._left_to_right,
+                    by_secret=by_secret,
+                ),
                 tables,
                 returning=self._returning,
             )
             for premium in (False, True)
+            for by_secret in (False, True)
         }
         _k = tables.api_keys.c
         # MariaDB/MySQL have no UPDATE … RETURNING: the outcome is read back under the lock.
@@ -163,13 +169,22 @@ class Store(KeyStore):
         provider: str,
         model: str,
         upstream_model: str,
+        secret_hash: str | None = None,
+        restrictions_version: int = 0,
     ) -> Admission:
         """Decide and record, in one atomic statement, whether this key may make a call;
         an admitted call's ticket (its ``pending`` ledger row) is written in the same
-        transaction, so nothing the admission takes is ever held without a row."""
+        transaction, so nothing the admission takes is ever held without a row.
+
+        ``secret_hash``: the key must still have that secret (None: checked by id only);
+        ``restrictions_version``: the version of the restrictions the caller checked the
+        target against (another is ``STALE_RESTRICTIONS``; see ``admission.py``).
+        ``NotFoundError`` when no active key has that id (and secret)."""
         day, minute = now // 86_400_000, now // 60_000
         params: dict[str, Any] = {
             "key_id": key_id,
+            "a_secret_hash": secret_hash,
+            "a_restrictions_version": restrictions_version,
             "day": day,
             "now": now,
             "minute": minute,
@@ -178,7 +193,7 @@ class Store(KeyStore):
             "default_throttle": defaults.throttle_seconds,
             "default_rpm": defaults.requests_per_minute or UNLIMITED,
         }
-        statement = self._admit[premium]
+        statement = self._admit[premium, secret_hash is not None]
         ticket = None
         with self.transaction() as conn:
             if self._returning:

@@ -30,6 +30,8 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Table,
+    Text,
+    text,
 )
 
 from ..errors import ConfigError
@@ -107,6 +109,12 @@ def build_tables(prefix: str = DEFAULT_PREFIX) -> Tables:
         Column("balance_nanos", BigInteger, nullable=False, default=0),
         Column("spent_nanos", BigInteger, nullable=False, default=0),
         Column("topped_up_nanos", BigInteger, nullable=False, default=0),
+        # what the key may call: JSON lists of Provider#Model names and of provider names
+        # (NULL: no restriction of that kind); bumped version on every change, which the
+        # admission compares with the version its caller decided on (see admission.py)
+        Column("allowed_models", Text, nullable=True),
+        Column("allowed_providers", Text, nullable=True),
+        Column("restrictions_version", Integer, nullable=False, server_default=text("0")),
     )
     ledger = Table(
         prefix + "ledger",
