@@ -30,6 +30,10 @@ DEFAULT_OUTPUT_ALLOWANCE = 4_096
 CHARS_PER_TOKEN = 4
 
 
+#: digits an amount may have (a balance is at most $1e9 with 9 decimals: 19 digits)
+MAX_AMOUNT_DIGITS = 40
+
+
 def usd_to_nanos(amount: Decimal | str | int, *, field: str = "amount") -> int:
     """An exact USD amount as nano-dollars; more than 9 decimals is an error, not a rounding."""
     try:
@@ -43,6 +47,12 @@ def usd_to_nanos(amount: Decimal | str | int, *, field: str = "amount") -> int:
     # Integer arithmetic on the digits: Decimal operations round at 28 digits, which
     # would let an amount finer than a nano-dollar through as if it were whole.
     sign, digits, exponent = value.as_tuple()
+    # Bounded before any arithmetic: "1e8000000" would otherwise build a number of
+    # megabytes (seconds of CPU with the GIL held), and 4,300+ digits fail int() itself.
+    if len(digits) > MAX_AMOUNT_DIGITS or not -MAX_AMOUNT_DIGITS <= int(exponent) <= 18:
+        raise InvalidRequestError(
+            f"{field} is not an amount of USD this router can hold", param=field
+        )
     shift = int(exponent) + 9
     number = int("".join(map(str, digits)) or "0")
     if shift < 0 and number % 10**-shift:

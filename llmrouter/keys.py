@@ -9,7 +9,14 @@ from collections.abc import Mapping
 from typing import Annotated, Any, TypeVar
 
 from cachetools import TTLCache
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from .billing import nanos_to_usd
 from .config import INT32_MAX
@@ -22,7 +29,19 @@ from .store import KeyRecord, Store, hash_secret
 MAX_RESTRICTIONS = 100
 MAX_PROVIDER_NAME = 100
 
-_Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+def _printable(name: str) -> str:
+    # NUL reaches PostgreSQL as an error, escapes reach a terminal's `keys list`.
+    if any(unicodedata.category(c).startswith("C") for c in name):
+        raise ValueError("a name has no control characters")
+    return name
+
+
+_Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(_printable),
+]
 _ModelName = Annotated[str, StringConstraints(min_length=3, max_length=MAX_MODEL_NAME)]
 _ProviderName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROVIDER_NAME)]
 

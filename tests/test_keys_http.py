@@ -10,7 +10,9 @@ from typing import Any
 import openai
 import pytest
 import requests
+from flask import Flask
 
+from flask_ext import LLMRouter
 from llmrouter import AuthenticationError, ModelNotAllowedError, Router
 from tests.conftest import database_urls, gateway_config
 
@@ -130,6 +132,10 @@ def test_admin_routes_refuse_no_key_and_a_non_admin_key(
         ({"name": "x", "allowed_models": ["altllm-basic"]}, "allowed_models[0]"),
         ({"name": "x", "allowed_models": ["echo#echo", 3]}, "allowed_models[1]"),
         ({"name": "x", "allowed_providers": ["echo#echo"]}, "allowed_providers[0]"),
+        ({"name": "a\u0000b"}, "name"),
+        ({"name": "\u001b[31mred"}, "name"),
+        ({"name": "x", "credits": "1" + "0" * 5000}, "credits"),
+        ({"name": "x", "credits": "1e8000000"}, "credits"),
     ],
 )
 def test_bad_input_to_create_is_a_400_naming_the_field(
@@ -149,6 +155,9 @@ def test_bad_input_to_the_other_routes(live_api: str, admin: str, router: Router
     assert (patch.status_code, patch.json()["error"]["param"]) == (400, "name")
     top_up = call(live_api, "POST", f"/v1/keys/{record.id}/topup", admin, {"amount": 1.5})
     assert (top_up.status_code, top_up.json()["error"]["param"]) == (400, "amount")
+    for huge in ("1" + "0" * 5000, "1e8000000", "1e-8000000"):  # refused before any maths
+        top_up = call(live_api, "POST", f"/v1/keys/{record.id}/topup", admin, {"amount": huge})
+        assert (top_up.status_code, top_up.json()["error"]["param"]) == (400, "amount")
     assert call(live_api, "POST", "/v1/keys", admin, ["x"]).status_code == 400
     for method, path, body in ADMIN_ROUTES[2:]:
         unknown = call(live_api, method, path.format(id="key_ffffffffffffffff"), admin, body)
@@ -205,6 +214,23 @@ def test_a_rotated_secret_is_refused_at_once_where_it_is_still_cached(
     assert elsewhere.chat(model="echo#echo", messages=HI, api_key=new).choices
     [row] = here.usage(key_id=key.id)
     assert row.requests == 2  # the refused call took nothing
+
+
+@pytestmark_matrix
+def test_a_key_revoked_elsewhere_reads_no_usage_at_once(
+    two_routers: tuple[Router, Router],
+) -> None:
+    here, elsewhere = two_routers
+    key, secret = here.create_key("leaving", admin=True)
+    app = Flask("host-app")
+    LLMRouter(app, router=elsewhere)
+    client = app.test_client()
+    auth = {"Authorization": f"Bearer {secret}"}
+    assert client.get("/v1/usage", headers=auth).status_code == 200  # cached there now
+
+    here.revoke_key(key.id)
+
+    assert client.get("/v1/usage", headers=auth).status_code == 401
 
 
 @pytestmark_matrix
