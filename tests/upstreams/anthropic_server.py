@@ -32,7 +32,7 @@ from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
-from .faults import Fault, FaultScript, html_page, padded, reset_mid_body
+from .faults import Fault, FaultScript, padded, reset_mid_body, verbatim_answer
 
 API_VERSION = "2023-06-01"
 TEST_KEY = "sk-ant-test-0123456789abcdef"
@@ -151,12 +151,10 @@ class FakeAnthropic:
             return _error(exc)
         if fault.status and fault.error_event_after is None:
             return _error(_rejection(fault), fault.retry_after_header())
-        if fault.content_type:
-            return html_page(fault)
         streamed = bool(body.get("stream"))
-        if fault.raw is not None:
-            mimetype = "text/event-stream" if streamed else "application/json"
-            return Response(fault.raw, mimetype=mimetype)
+        verbatim = verbatim_answer(fault, streamed)
+        if verbatim is not None:
+            return verbatim
         message = _answer(body, message_id, shape)
         if fault.no_usage:
             del message["usage"]

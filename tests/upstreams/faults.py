@@ -113,9 +113,14 @@ class FaultScript:
 # What does not depend on the wire format, shared by the fakes.
 
 
-def html_page(fault: Fault) -> Response:
-    """A 200 that is not the API's answer: what a misconfigured proxy sends."""
-    return Response(HTML_PAGE, status=200, content_type=fault.content_type)
+def verbatim_answer(fault: Fault, streamed: bool) -> Response | None:
+    """The fault's answer when it replaces the API's body whole, in any wire format: a 200
+    that is not the API's (what a misconfigured proxy sends), or the script's raw body."""
+    if fault.content_type:
+        return Response(HTML_PAGE, status=200, content_type=fault.content_type)
+    if fault.raw is not None:
+        return Response(fault.raw, mimetype="text/event-stream" if streamed else "application/json")
+    return None
 
 
 def reset_mid_body(body: str, content_type: str, environ: dict[str, Any]) -> Response:

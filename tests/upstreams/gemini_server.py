@@ -19,7 +19,7 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from .faults import Fault, FaultScript, html_page, padded, reset_mid_body
+from .faults import Fault, FaultScript, padded, reset_mid_body, verbatim_answer
 
 API_KEY = "AIza-test-fake-gemini-0123456789"
 
@@ -682,11 +682,9 @@ class FakeGemini:
             return error(400, problem)
         if fault.status and fault.error_event_after is None:
             return _json(fault_body(fault), fault.status)
-        if fault.content_type:
-            return html_page(fault)
-        if fault.raw is not None:
-            mimetype = "application/json" if method == "generateContent" else "text/event-stream"
-            return Response(fault.raw, mimetype=mimetype)
+        verbatim = verbatim_answer(fault, streamed=method != "generateContent")
+        if verbatim is not None:
+            return verbatim
         scripted = self.replies.popleft() if self.replies else None
         ending = self.endings.popleft() if self.endings else None
         reply = answer(body, model, f"fake-response-{next(self._ids)}", ending)

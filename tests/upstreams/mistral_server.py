@@ -29,7 +29,7 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from .faults import Fault, FaultScript, html_page, padded, reset_mid_body
+from .faults import Fault, FaultScript, padded, reset_mid_body, verbatim_answer
 
 API_KEY = "mistral-test-key-0123456789abcdef"
 
@@ -101,12 +101,10 @@ class FakeMistral:
             return _json(exc.status, exc.body)
         if fault.status and fault.error_event_after is None:
             return _json(fault.status, _fault_error(fault), fault.retry_after_header())
-        if fault.content_type:
-            return html_page(fault)
         streamed = bool(body.get("stream"))
-        if fault.raw is not None:
-            mimetype = "text/event-stream" if streamed else "application/json"
-            return Response(fault.raw, mimetype=mimetype)
+        verbatim = verbatim_answer(fault, streamed)
+        if verbatim is not None:
+            return verbatim
         answer = self._answer(body)
         if streamed:
             events = iter(["data: [DONE]\n\n"]) if fault.empty_stream else answer.events(fault)

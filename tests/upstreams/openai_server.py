@@ -18,7 +18,7 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from .faults import Fault, FaultScript, html_page, padded, reset_mid_body
+from .faults import Fault, FaultScript, padded, reset_mid_body, verbatim_answer
 from .loopback import LoopbackServer
 
 __all__ = ["FakeOpenAI", "Fault", "serve_fake_openai"]
@@ -85,12 +85,10 @@ class FakeOpenAI:
         problem = self._invalid(body)
         if problem:
             return _error(400, problem, "invalid_request_error", None)
-        if fault.content_type:
-            return html_page(fault)
         streamed = bool(body.get("stream"))
-        if fault.raw is not None:
-            mimetype = "text/event-stream" if streamed else "application/json"
-            return Response(fault.raw, mimetype=mimetype)
+        verbatim = verbatim_answer(fault, streamed)
+        if verbatim is not None:
+            return verbatim
         answer = _Answer.for_request(body)
         if streamed:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
