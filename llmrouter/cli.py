@@ -19,7 +19,7 @@ from .config import load_settings, source_label
 from .errors import ConfigError, LLMRouterError
 from .keys import key_view
 from .router import Router
-from .store import Store
+from .store import KeyRecord, Store
 
 
 @dataclass
@@ -255,13 +255,7 @@ def _keys_create(args: argparse.Namespace) -> int:
         allowed_models=args.allowed_models,
         allowed_providers=args.allowed_providers,
     )
-    if args.json:
-        print(json.dumps({**key_view(record), "secret": secret}))
-    else:
-        print(f"created key {record.id} ({record.name})")
-        print(f"secret: {secret}")
-        print("This secret is shown once and cannot be recovered: store it now.")
-    return 0
+    return _show_secret(args, record, secret, f"created key {record.id} ({record.name})")
 
 
 def _keys_show(args: argparse.Namespace) -> int:
@@ -289,10 +283,20 @@ def _keys_update(args: argparse.Namespace) -> int:
 
 def _keys_rotate(args: argparse.Namespace) -> int:
     record, secret = _router(args).rotate_key(args.key_id)
+    return _show_secret(
+        args,
+        record,
+        secret,
+        f"rotated key {record.id} ({record.name}): the old secret is refused from now on",
+    )
+
+
+def _show_secret(args: argparse.Namespace, record: KeyRecord, secret: str, headline: str) -> int:
+    """The one output that carries a secret: shown once, never stored."""
     if args.json:
         print(json.dumps({**key_view(record), "secret": secret}))
     else:
-        print(f"rotated key {record.id} ({record.name}): the old secret is refused from now on")
+        print(headline)
         print(f"secret: {secret}")
         print("This secret is shown once and cannot be recovered: store it now.")
     return 0
