@@ -323,9 +323,7 @@ class Router:
     def _dispatch_failed(self, ticket: Ticket, target: Target, exc: BaseException) -> None:
         """Account for a request no provider served: a failed call in the ledger, or, when
         no provider could even take the request, no call at all."""
-        if isinstance(exc, InvalidRequestError) or (
-            isinstance(exc, UpstreamError) and not exc.is_call
-        ):
+        if isinstance(exc, UpstreamError) and not exc.is_call:
             self._write(lambda: self.store.release(ticket), f"release of {ticket.request_id}")
             return
         message = exc.message if isinstance(exc, LLMRouterError) else type(exc).__name__
