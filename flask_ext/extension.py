@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -178,10 +179,17 @@ def _blueprint(prefixes: tuple[str, ...], health: str | None) -> Blueprint:
             _add(bp, f"{prefix}/<path:rest>")
             continue
         for route in ROUTES:
-            _add(bp, route.template.replace("{", "<path:").replace("}", ">"))
+            _add(bp, _flask_rule(route.template))
     if health:
         _add(bp, health)
     return bp
+
+
+def _flask_rule(template: str) -> str:
+    """``/keys/{key_id}/rotate`` -> ``/keys/<key_id>/rotate``; ``{m:path}`` -> ``<path:m>``."""
+    return re.sub(
+        r"\{(\w+)(:path)?\}", lambda m: f"<path:{m[1]}>" if m[2] else f"<{m[1]}>", template
+    )
 
 
 def _add(bp: Blueprint, rule: str) -> None:

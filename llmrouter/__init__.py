@@ -9,6 +9,7 @@ from .config import ModelSettings, ProviderSettings, QuotaSettings, Settings
 from .errors import (
     AuthenticationError,
     ConfigError,
+    ConflictError,
     DatabaseSchemaError,
     FailureScope,
     InsufficientCreditsError,
@@ -50,6 +51,7 @@ __all__ = [
     "ChatRequest",
     "ChatResult",
     "ConfigError",
+    "ConflictError",
     "DatabaseSchemaError",
     "FailureScope",
     "InsufficientCreditsError",

@@ -10,9 +10,10 @@ import tomllib
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
 
 from .errors import ConfigError
 
@@ -25,6 +26,10 @@ DEFAULT_SAMPLING_PARAMETERS = [
     "presence_penalty",
     "frequency_penalty",
 ]
+
+
+#: quota numbers live in 32-bit INTEGER columns
+INT32_MAX = 2**31 - 1
 
 
 class _Strict(BaseModel):
@@ -43,6 +48,9 @@ def _decimal_price(value: Any) -> Decimal:
     if not price.is_finite() or price < 0:
         raise ValueError("a price is a finite, non-negative number of USD per token")
     return price
+
+
+PROVIDER_NAME_PATTERN = r"^[^#\s\x00-\x1f\x7f](?:[^#\x00-\x1f\x7f]*[^#\s\x00-\x1f\x7f])?$"
 
 
 class ModelSettings(_Strict):
@@ -68,10 +76,33 @@ class ModelSettings(_Strict):
     )
 
 
+class RequestDefaults(_Strict):
+    """Sampling fields a provider applies to requests that do not set them. Written with
+    OpenAI's names (``max_tokens``) or seed 003's (``maxTokens``)."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    stop: str | list[str] | None = Field(default=None, max_length=4)
+
+    def fields(self) -> dict[str, Any]:
+        """The fields set, by OpenAI's names."""
+        return self.model_dump(exclude_none=True)
+
+
 class ProviderSettings(_Strict):
     """One upstream connection (``[[providers]]``)."""
 
-    name: str = Field(min_length=1, max_length=100, pattern=r"^[^#\s]+$")
+    #: no '#', no control characters, no space at either end (inner spaces are allowed:
+    #: seed 003 names connections like "OpenAI Production")
+    name: str = Field(min_length=1, max_length=100, pattern=PROVIDER_NAME_PATTERN)
     kind: str
     aliases: list[str] = []
     base_url: str | None = None
@@ -89,8 +120,14 @@ class ProviderSettings(_Strict):
     #: ... and is skipped this long before one probe request; 0 turns the breakers off
     cooldown_seconds: float = Field(default=30.0, ge=0)
     allow_unlisted_models: bool = False
+    #: how a model the provider does not list is priced: ``fixed`` at the two prices below,
+    #: or ``table`` from the price table (``llmrouter.price_table``), refused if unknown there
+    unlisted_pricing: Literal["fixed", "table"] = "fixed"
     unlisted_prompt_price: Decimal = Decimal(0)
     unlisted_completion_price: Decimal = Decimal(0)
+    #: request fields applied to a request served by this provider when it does not set
+    #: them (OpenAI's names: ``temperature``, ``max_tokens``, …)
+    request_defaults: RequestDefaults = Field(default_factory=lambda: RequestDefaults())
     stream_usage: bool = True
     drop_fields: list[str] = []
     max_answer_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
@@ -102,10 +139,6 @@ class ProviderSettings(_Strict):
 
     def secret(self) -> str | None:
         return self.api_key.get_secret_value() if self.api_key else None
-
-
-#: quota numbers live in 32-bit INTEGER columns
-INT32_MAX = 2**31 - 1
 
 
 class QuotaSettings(_Strict):
@@ -139,12 +172,18 @@ class Settings(_Strict):
     database_timeout_seconds: float = Field(default=5.0, gt=0, le=3600)
     #: the store's table names start with it (its Alembic version table too)
     table_prefix: str = Field(default="llmrouter_", pattern=r"^[a-z][a-z0-9_]{0,29}$")
+    #: how often a process looks for provider connections changed by another (0: only when
+    #: a name misses; an in-memory database never does, having no other process)
+    directory_refresh_seconds: float = Field(default=1.0, ge=0, le=3600)
     #: how often ``llmrouter serve`` sweeps abandoned calls (0: never; see ``Router.sweep``)
     sweep_every_seconds: float = Field(default=60.0, ge=0)
     quota: QuotaSettings = QuotaSettings()
     aliases: dict[str, str] = {}
     providers: list[ProviderSettings] = Field(default_factory=list)
 
+
+#: the settings a provider connection has beyond its fields (timeouts, retries, breakers)
+CONNECTION_DEFAULTS = ProviderSettings(name="connection", kind="openai-compatible")
 
 EMBEDDED_DEFAULT: dict[str, Any] = {
     "database_url": "sqlite:///llmrouter.db",

@@ -15,6 +15,8 @@ Every failure a caller can see is one of these classes; over HTTP each renders a
     ├── NotFoundError                    404 not_found
     │   └── ModelNotFoundError           404 model_not_found        (names close matches)
     ├── MethodNotAllowedError            405 method_not_allowed
+    ├── ConflictError                    409 conflict               (a duplicate name; a
+    │                                        config provider changed over HTTP)
     ├── InsufficientCreditsError         402 insufficient_credits
     ├── RateLimitError                   429 rate_limit_exceeded    (Retry-After)
     ├── StoreUnavailableError            503 store_unavailable
@@ -157,6 +159,12 @@ class MethodNotAllowedError(LLMRouterError):
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
+
+
+class ConflictError(LLMRouterError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
 
 
 class InsufficientCreditsError(LLMRouterError):

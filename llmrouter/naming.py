@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from .billing import price_string
 from .config import ModelSettings, ProviderSettings
 from .errors import ConfigError, InvalidRequestError, ModelNotFoundError
+from .price_table import table_price
 from .schemas import ModelCard, Pricing
 
 #: the longest names the ledger's columns take: a whole name, and its model id
@@ -116,7 +117,17 @@ class ModelCatalog:
         return _card(shown, target)
 
 
+def table_priced(kind: str, model_id: str, base_url: str | None) -> ModelSettings:
+    """A model at the price table's prices (``PriceUnknownError`` when it has none)."""
+    price = table_price(kind, model_id, base_url)
+    return ModelSettings(
+        id=model_id, prompt_price=price.prompt_price, completion_price=price.completion_price
+    )
+
+
 def _unlisted(provider: ProviderSettings, model_id: str) -> ModelSettings:
+    if provider.unlisted_pricing == "table":
+        return table_priced(provider.kind, model_id, provider.base_url)
     return ModelSettings(
         id=model_id,
         prompt_price=provider.unlisted_prompt_price,

@@ -16,7 +16,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from .billing import Prices, estimate_usage, reservation_nanos, usage_or_estimate, usd_to_nanos
-from .config import Settings, load_settings, source_label
+from .config import CONNECTION_DEFAULTS, Settings, load_settings, source_label
+from .connections import Connections
 from .dispatch import Dispatcher
 from .errors import (
     AuthenticationError,
@@ -24,6 +25,7 @@ from .errors import (
     InvalidRequestError,
     LLMRouterError,
     ModelNotAllowedError,
+    ModelNotFoundError,
     NotFoundError,
     PermissionDeniedError,
     StoreUnavailableError,
@@ -34,6 +36,7 @@ from .metering import MeteredStream, StreamEnd
 from .naming import ModelCatalog, Target
 from .providers.base import ChunkStream
 from .providers.directory import ProviderDirectory
+from .providers.live_directory import LiveDirectory
 from .quota import QuotaPolicy, RateLimitInfo
 from .schemas import (
     ChatCompletion,
@@ -43,6 +46,7 @@ from .schemas import (
     Usage,
     parse_chat_request,
 )
+from .secrets import SecretBox
 from .settlement_queue import SettlementQueue
 from .store import (
     Admission,
@@ -91,8 +95,6 @@ class Router:
     ) -> None:
         self.settings = settings
         self.quota = QuotaPolicy(settings.quota)
-        # Read once per request (``self.directory``), replaced in one step when it changes.
-        self._directory = ProviderDirectory(settings.providers, settings.aliases)
         self.dispatcher = Dispatcher(sleep=sleep)
         if store is not None and engine is not None:
             raise ValueError("give a Router store= or engine=, not both")
@@ -103,13 +105,32 @@ class Router:
             timeout=settings.database_timeout_seconds,
             table_prefix=settings.table_prefix,
         )
+        secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
+        if secret_key is None and self.store.count_connections():
+            raise ConfigError(
+                "the database holds provider connections, whose API keys are stored "
+                "encrypted under the router's secret_key: set secret_key (or "
+                "secret_key_env)",
+                key="secret_key",
+            )
+        #: provider connections managed at run time (seed 003)
+        self.connections = Connections(self, SecretBox(secret_key) if secret_key else None)
+        # Read once per request (``self.directory``), replaced in one step when it changes.
+        self._live = LiveDirectory(
+            settings.providers,
+            settings.aliases,
+            self.store,
+            self.connections.settings_of,
+            # an in-memory database has no other process to hear from
+            refresh_seconds=0.0 if self.store.in_memory else settings.directory_refresh_seconds,
+        )
         self.keys = KeyAuthenticator(self.store, ttl_seconds=settings.key_cache_seconds)
         self._clock = clock
         self._settlements = SettlementQueue()
         # No call can last longer: an attempt may start just before max_call_seconds and
         # then run for its provider's connect and read timeouts.
         longest_attempt = max(
-            (p.connect_timeout + p.read_timeout for p in settings.providers), default=0.0
+            p.connect_timeout + p.read_timeout for p in (*settings.providers, CONNECTION_DEFAULTS)
         )
         self._ticket_lifetime = settings.max_call_seconds + longest_attempt + SETTLE_GRACE_SECONDS
         self.store.ensure_providers([p.name for p in settings.providers])
@@ -129,18 +150,34 @@ class Router:
         """Release connections; settlements still waiting for the database get a few
         seconds, then are left to the sweeper."""
         self._settlements.close()
-        self._directory.close()
+        self._live.close()
         self.store.close()
 
     @property
     def directory(self) -> ProviderDirectory:
         """The current snapshot of the providers, their adapters and models."""
-        return self._directory
+        return self._live.current()
 
     @property
     def catalog(self) -> ModelCatalog:
         """The current snapshot's model catalog."""
-        return self._directory.catalog
+        return self.directory.catalog
+
+    def refresh_directory(self) -> None:
+        """Read the store's connections now (a change made here is routable at once)."""
+        self._live.refresh()
+
+    def _resolve(self, name: str) -> tuple[ProviderDirectory, Target]:
+        """The snapshot of this request and the target of ``name`` in it; a name it does
+        not know is looked for once more in the store (made by another process just now)."""
+        directory = self.directory
+        try:
+            return directory, directory.catalog.resolve(name)
+        except ModelNotFoundError:
+            newer = self._live.refresh_on_miss()
+            if newer is None:
+                raise
+            return newer, newer.catalog.resolve(name)
 
     # ------------------------------------------------------------------ chat
 
@@ -205,8 +242,9 @@ class Router:
         authenticated it already (see ``key_for_identity``)."""
         key = caller if caller is not None else self.keys.authenticate(api_key)
         request = body if isinstance(body, ChatRequest) else parse_chat_request(body)
-        directory = self.directory  # this request's snapshot, whatever changes meanwhile
-        target = directory.catalog.resolve(request.model)
+        # this request's snapshot, whatever changes meanwhile
+        directory, target = self._resolve(request.model)
+        request = _with_defaults(request, directory.request_defaults(target.provider))
         targets = [target, *directory.catalog.fallbacks(target)]
         key, targets = self._allowed_targets(key, targets)
         reserve = max(reservation_nanos(request, t.model) for t in targets)
@@ -396,7 +434,8 @@ class Router:
         return ModelList(data=self.directory.catalog.cards())
 
     def model(self, model_id: str) -> ModelCard:
-        return self.directory.catalog.card(model_id)
+        directory, _ = self._resolve(model_id)
+        return directory.catalog.card(model_id)
 
     # ------------------------------------------------------------------ keys and money
 
@@ -553,6 +592,14 @@ class Router:
 
     def provider_totals(self) -> list[ProviderTotal]:
         return self.store.provider_totals()
+
+
+def _with_defaults(request: ChatRequest, defaults: Mapping[str, object]) -> ChatRequest:
+    """``request`` with its provider's defaults for the fields it does not set."""
+    missing = {name: value for name, value in defaults.items() if getattr(request, name) is None}
+    if getattr(request, "max_completion_tokens", None) is not None:
+        missing.pop("max_tokens", None)  # the request bounds its answer already
+    return request.model_copy(update=missing) if missing else request
 
 
 def _key_id(key_id: str) -> str:

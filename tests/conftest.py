@@ -191,7 +191,7 @@ def wait_until_serving(health_url: str, process: subprocess.Popen[bytes]) -> Non
         try:
             requests.get(health_url, timeout=1)
             return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening, or still booting
             if time.monotonic() > deadline or process.poll() is not None:
                 raise RuntimeError(f"{process.args!r} did not start") from None
             time.sleep(0.1)

@@ -166,7 +166,7 @@ def test_the_endpoint_list_uses_the_prefix_the_app_really_uses(
     info = client.get(f"{listed}/provider").get_json()
 
     assert info["endpoints"] == [
-        *(f"{route.method} {listed}{route.template}" for route in ROUTES),
+        *(f"{route.method} {listed}{route.shown}" for route in ROUTES),
         f"GET {listed}/health",
     ]
     assert {f"POST {listed}/chat/completions", f"GET {listed}/models/{{model_id}}"} <= set(

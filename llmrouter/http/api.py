@@ -14,14 +14,16 @@ from typing import Any
 
 from ..errors import MethodNotAllowedError, NotFoundError
 from ..router import Router
-from .routes import HEALTH, ROUTES, Route
+from .connection_routes import ENVELOPED_PATHS
+from .route import Route
+from .routes import HEALTH, ROUTES
 from .wire import Request, Response, error_response
 
 
 @dataclass(frozen=True)
 class Match:
     route: Route | None  # None: under the API's prefix, but no route (404)
-    parameter: str = ""
+    parameters: tuple[str, ...] = ()
     #: every route of the path, one per method (``route`` is the one of the request's)
     routes: tuple[Route, ...] = ()
 
@@ -44,7 +46,7 @@ class RouterAPI:
 
     def endpoints(self, base: str = "") -> list[str]:
         """``METHOD path`` of every route, under ``base`` (where the app is mounted)."""
-        listed = [f"{r.method} {base}{self.prefixes[0]}{r.template}" for r in ROUTES]
+        listed = [f"{r.method} {base}{self.prefixes[0]}{r.shown}" for r in ROUTES]
         if self.health_route:
             listed.append(f"GET {base}{self.health_route}")
         return listed
@@ -59,14 +61,14 @@ class RouterAPI:
                 continue
             below = path[len(prefix) :]
             # The first template that matches names the path; its routes are the methods.
-            found: list[tuple[Route, str]] = []
+            found: list[tuple[Route, tuple[str, ...]]] = []
             for route in ROUTES:
-                parameter = route.match(below)
-                if parameter is not None and (not found or route.template == found[0][0].template):
-                    found.append((route, parameter))
+                parameters = route.match(below)
+                if parameters is not None and (not found or route.template == found[0][0].template):
+                    found.append((route, parameters))
             if found:
-                route, parameter = next(((r, p) for r, p in found if r.method == method), found[0])
-                return Match(route, parameter, tuple(r for r, _ in found))
+                route, parameters = next(((r, p) for r, p in found if r.method == method), found[0])
+                return Match(route, parameters, tuple(r for r, _ in found))
             if prefix:
                 return Match(None)
         return None
@@ -83,7 +85,7 @@ class RouterAPI:
                 methods = ", ".join(r.method for r in match.routes or (route,))
                 return Response(204, [], {"Allow": f"{methods}, OPTIONS"})
             if request.method == "HEAD" and route.method == "GET":
-                answer = self._answer(route, request, match.parameter)
+                answer = self._answer(route, request, match.parameters)
                 return Response(answer.status, [], answer.headers, answer.close)
             if request.method != route.method:
                 allowed = ", ".join(r.method for r in match.routes)
@@ -91,15 +93,22 @@ class RouterAPI:
                     f"{request.method} is not allowed on {request.path}; use {allowed}.",
                     headers={"Allow": allowed},
                 )
-            return self._answer(route, request, match.parameter)
+            return self._answer(route, request, match.parameters)
         except Exception as exc:
-            return error_response(exc, request)
+            enveloped = match is not None and match.route is not None and match.route.enveloped
+            return error_response(exc, request, enveloped=enveloped or _enveloped_path(request))
 
-    def _answer(self, route: Route, request: Request, parameter: str) -> Response:
+    def _answer(self, route: Route, request: Request, parameters: tuple[str, ...]) -> Response:
         request.environ["llmrouter.endpoints"] = self.endpoints(request.base)
-        return route.handler(self.router, request, parameter)
+        return route.handler(self.router, request, *parameters)
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         return self.handle(Request.from_environ(environ))(start_response)
+
+
+def _enveloped_path(request: Request) -> bool:
+    """A path below seed 003's routes (unknown ones too) answers in its envelope."""
+    parts = request.path.strip("/").split("/")
+    return parts[0] in ENVELOPED_PATHS or (len(parts) > 1 and parts[1] in ENVELOPED_PATHS)

@@ -4,74 +4,20 @@ methods."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__, usage
-from ..errors import InvalidRequestError, PermissionDeniedError
 from ..keys import NewKey, TopUp, key_view, parse_fields
 from ..metering import MeteredStream
 from ..router import Router
 from ..store import KeyRecord
+from .access import admin, caller, json_object
+from .connection_routes import CONNECTION_ROUTES
+from .route import Route
 from .wire import Request, Response, event_stream, json_response
 
-Handler = Callable[[Router, Request, str], Response]
 
-#: methods that change state: a cookie-authenticated one must prove it is same-site
-UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-CSRF_HEADER = "X-LLMRouter-CSRF"
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    #: below the API's prefix, with at most one ``{name}``: at the end it takes the rest
-    #: of the path; in the middle (``/keys/{key_id}/rotate``) one segment
-    template: str
-    handler: Handler
-    summary: str
-
-    def match(self, path: str) -> str | None:
-        """The path parameter (``""`` without one) when ``path`` is this route's."""
-        head, brace, tail = self.template.partition("{")
-        if not brace:
-            return "" if path == self.template else None
-        after = tail.partition("}")[2]
-        if not path.startswith(head) or not path.endswith(after):
-            return None
-        value = path[len(head) : len(path) - len(after)]
-        if after and "/" in value:
-            return None
-        return value or None
-
-
-def caller(router: Router, request: Request, *, fresh: bool = False) -> KeyRecord:
-    """Who is asking: the key of a Bearer secret, else the key the host's login maps the
-    request to (a state-changing one only from the same site), else 401. ``fresh``: the
-    secret is checked in the database, not the ``key_cache_seconds`` cache."""
-    secret = request.bearer_token()
-    if secret is None and request.identity is not None:
-        if request.method in UNSAFE_METHODS and not _same_site(request):
-            raise PermissionDeniedError(
-                f"A request signed in by cookie must send the {CSRF_HEADER} header or come "
-                "from this site (Origin): cross-site requests are refused."
-            )
-        return router.key_for_identity(request.identity)
-    return router.authenticate(secret, fresh=fresh)
-
-
-def _same_site(request: Request) -> bool:
-    if request.header(CSRF_HEADER):
-        return True  # a custom header: a cross-site form or simple request cannot send one
-    origin = request.header("Origin")
-    if not origin:
-        return False
-    scheme = request.environ.get("wsgi.url_scheme", "http")
-    return origin == f"{scheme}://{request.header('Host')}"
-
-
-def chat_completions(router: Router, request: Request, _: str) -> Response:
+def chat_completions(router: Router, request: Request) -> Response:
     key = caller(router, request)
     result = router.complete(request.json_body(router.settings.max_body_bytes), caller=key)
     if isinstance(result.body, MeteredStream):
@@ -79,7 +25,7 @@ def chat_completions(router: Router, request: Request, _: str) -> Response:
     return json_response(result.body.model_dump_json(exclude_none=True), headers=result.headers())
 
 
-def list_models(router: Router, request: Request, _: str) -> Response:
+def list_models(router: Router, request: Request) -> Response:
     return json_response(router.models().model_dump_json())
 
 
@@ -87,7 +33,7 @@ def get_model(router: Router, request: Request, model_id: str) -> Response:
     return json_response(router.model(model_id).model_dump_json())
 
 
-def usage_report(router: Router, request: Request, _: str) -> Response:
+def usage_report(router: Router, request: Request) -> Response:
     key = caller(router, request, fresh=True)  # a revoked key reads nothing more, anywhere
     since, until = request.query.get("since"), request.query.get("until")
     rows = router.usage_visible_to(
@@ -104,28 +50,14 @@ def usage_report(router: Router, request: Request, _: str) -> Response:
 # admin key revoked or rotated in another process manages nothing, at once.
 
 
-def _admin(router: Router, request: Request) -> KeyRecord:
-    key = caller(router, request, fresh=True)
-    if not key.is_admin:
-        raise PermissionDeniedError("Only an admin key can manage API keys.")
-    return key
-
-
-def _body(router: Router, request: Request) -> dict[str, Any]:
-    body = request.json_body(router.settings.max_body_bytes)
-    if not isinstance(body, dict):
-        raise InvalidRequestError("The request body must be a JSON object.")
-    return body
-
-
 def _with_secret(record: KeyRecord, secret: str, status: int = 200) -> Response:
     # The one answer that carries a secret: shown once, never stored, never again.
     return json_response({**key_view(record), "secret": secret}, status)
 
 
-def create_key(router: Router, request: Request, _: str) -> Response:
-    _admin(router, request)
-    new = parse_fields(NewKey, _body(router, request))
+def create_key(router: Router, request: Request) -> Response:
+    admin(router, request, "API keys")
+    new = parse_fields(NewKey, json_object(router, request))
     record, secret = router.create_key(
         new.name,
         admin=new.admin,
@@ -139,48 +71,48 @@ def create_key(router: Router, request: Request, _: str) -> Response:
     return _with_secret(record, secret, 201)
 
 
-def list_keys(router: Router, request: Request, _: str) -> Response:
-    _admin(router, request)
+def list_keys(router: Router, request: Request) -> Response:
+    admin(router, request, "API keys")
     return json_response({"object": "list", "data": [key_view(k) for k in router.list_keys()]})
 
 
 def get_key(router: Router, request: Request, key_id: str) -> Response:
-    _admin(router, request)
+    admin(router, request, "API keys")
     return json_response(key_view(router.get_key(key_id)))
 
 
 def update_key(router: Router, request: Request, key_id: str) -> Response:
-    _admin(router, request)
-    body = _body(router, request)
+    admin(router, request, "API keys")
+    body = json_object(router, request)
     router.get_key(key_id)  # an unknown key is a 404 before its fields are looked at
     return json_response(key_view(router.update_key(key_id, **body)))
 
 
 def rotate_key(router: Router, request: Request, key_id: str) -> Response:
-    _admin(router, request)
+    admin(router, request, "API keys")
     return _with_secret(*router.rotate_key(key_id))
 
 
 def top_up_key(router: Router, request: Request, key_id: str) -> Response:
-    _admin(router, request)
-    top_up = parse_fields(TopUp, _body(router, request))
+    admin(router, request, "API keys")
+    top_up = parse_fields(TopUp, json_object(router, request))
     return json_response(key_view(router.top_up(key_id, top_up.amount)))
 
 
 def revoke_key(router: Router, request: Request, key_id: str) -> Response:
-    _admin(router, request)
+    admin(router, request, "API keys")
     return json_response(key_view(router.revoke_key(key_id)))
 
 
-def my_key(router: Router, request: Request, _: str) -> Response:
+def my_key(router: Router, request: Request) -> Response:
     return json_response(key_view(router.get_key(caller(router, request, fresh=True).id)))
 
 
-def rotate_my_key(router: Router, request: Request, _: str) -> Response:
+def rotate_my_key(router: Router, request: Request) -> Response:
     return _with_secret(*router.rotate_key(caller(router, request, fresh=True).id))
 
 
-def provider_info(router: Router, request: Request, _: str) -> Response:
+def provider_info(router: Router, request: Request) -> Response:
     settings = router.settings
     return json_response(
         {
@@ -198,7 +130,7 @@ def provider_info(router: Router, request: Request, _: str) -> Response:
             },
             "providers": [
                 {"name": p.name, "kind": p.kind, "aliases": p.aliases, "models": len(p.models)}
-                for p in settings.providers
+                for p in router.directory.providers
             ],
             "quota": {
                 "daily_requests": settings.quota.daily_requests,
@@ -209,7 +141,7 @@ def provider_info(router: Router, request: Request, _: str) -> Response:
     )
 
 
-def health(router: Router, request: Request, _: str) -> Response:
+def health(router: Router, request: Request) -> Response:
     body: dict[str, Any] = {
         "status": "healthy",
         "service": router.settings.service_name,
@@ -225,7 +157,7 @@ def health(router: Router, request: Request, _: str) -> Response:
 ROUTES = (
     Route("POST", "/chat/completions", chat_completions, "chat completions (streamed or not)"),
     Route("GET", "/models", list_models, "the routable models"),
-    Route("GET", "/models/{model_id}", get_model, "one model (Provider#Model, '#' as %23)"),
+    Route("GET", "/models/{model_id:path}", get_model, "one model (Provider#Model, '#' as %23)"),
     Route("GET", "/provider", provider_info, "this service: endpoints, providers, quota"),
     Route("GET", "/usage", usage_report, "usage and spend (admins: every key's)"),
     # The caller's own key, then the admin routes; a path's more specific templates first.
@@ -238,5 +170,6 @@ ROUTES = (
     Route("GET", "/keys/{key_id}", get_key, "one key (admin)"),
     Route("PATCH", "/keys/{key_id}", update_key, "change a key's name, limits, restrictions"),
     Route("DELETE", "/keys/{key_id}", revoke_key, "revoke a key (admin)"),
+    *CONNECTION_ROUTES,
 )
 HEALTH = Route("GET", "", health, "liveness and the database's health")

@@ -173,11 +173,20 @@ def json_response(
     )
 
 
-def error_response(exc: BaseException, request: Request) -> Response:
-    """OpenAI's error body for any exception; internals are logged, never sent."""
+def enveloped(data: Any, status: int = 200) -> Response:
+    """Seed 003's success body: ``{"success": true, "data": …}``."""
+    return json_response({"success": True, "data": data}, status)
+
+
+def error_response(exc: BaseException, request: Request, *, enveloped: bool = False) -> Response:
+    """OpenAI's error body for any exception (seed 003's envelope when ``enveloped``);
+    internals are logged, never sent."""
     if not isinstance(exc, LLMRouterError):
         log.exception("unexpected error while serving %s %s", request.method, request.path)
         exc = LLMRouterError("The server had an error while processing your request.")
+    if enveloped:
+        error = {"code": exc.code or exc.type, "message": exc.message, "field": exc.param}
+        return json_response({"success": False, "error": error}, exc.status, exc.headers)
     return json_response(exc.to_dict(), exc.status, exc.headers)
 
 

@@ -4,6 +4,7 @@ from .key_store import SECRET_PREFIX, hash_secret
 from .records import (
     Admission,
     AdmissionKind,
+    ConnectionRecord,
     KeyRecord,
     ProviderTotal,
     QuotaDefaults,
@@ -18,6 +19,7 @@ __all__ = [
     "SECRET_PREFIX",
     "Admission",
     "AdmissionKind",
+    "ConnectionRecord",
     "KeyRecord",
     "ProviderTotal",
     "QuotaDefaults",

@@ -183,3 +183,30 @@ class ProviderTotal:
     prompt_tokens: int
     completion_tokens: int
     cost_nanos: int
+
+
+@dataclass(frozen=True)
+class ConnectionRecord:
+    """A provider connection made over HTTP, as the store holds it (its API key only
+    encrypted: ``api_key_encrypted`` is never rendered)."""
+
+    id: str
+    name: str
+    provider: str
+    model: str | None
+    base_url: str | None
+    api_key_hint: str | None
+    #: request defaults, OpenAI field names (``max_tokens``, ``temperature``, …)
+    configuration: dict[str, object]
+    #: as ``[[providers.models]]`` lists them
+    models: list[dict[str, object]]
+    status: str
+    status_reason: str | None
+    #: what the connection has cost so far (its name's provider totals since it was made)
+    total_cost_nanos: int
+    #: Unix milliseconds (None for a config-file provider)
+    created_at: int | None
+    updated_at: int | None
+    #: ``store`` (made over HTTP) or ``config`` (the config file's, read-only)
+    source: str = "store"
+    api_key_encrypted: str | None = field(default=None, repr=False, compare=False)

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from ..errors import NotFoundError, StoreUnavailableError
 from . import schema
 from .admission import UNLIMITED, admission_statement, result_columns
+from .connection_store import ConnectionStatements, ConnectionStore
 from .engine import READ_ONLY, create_engine_for, is_sqlite_memory, prepare_engine
 from .key_store import KeyStatements, KeyStore
 from .records import (
@@ -37,7 +38,7 @@ ABANDONED_REASON = (
 )
 
 
-class Store(KeyStore):
+class Store(KeyStore, ConnectionStore):
     """One SQL database (SQLite, PostgreSQL, MariaDB/MySQL) holding keys, quotas and money.
 
     ``engine``: the host's own engine instead of one made from ``database_url`` (which is
@@ -93,6 +94,7 @@ class Store(KeyStore):
         self._lock_key = select(_k.id).where(_k.id == bindparam("key_id")).with_for_update()
         self._sql = SettlementStatements(tables)
         self._keys = KeyStatements(tables)
+        self._connections = ConnectionStatements(tables)
         try:
             # An in-memory SQLite database is one shared connection: one transaction at a
             # time.
@@ -105,6 +107,11 @@ class Store(KeyStore):
                 f"the database is unavailable ({type(exc.orig).__name__}): "
                 f"{self.engine.url.render_as_string()}"
             ) from exc
+
+    @property
+    def in_memory(self) -> bool:
+        """An in-memory SQLite database: this process's alone."""
+        return self._memory_lock is not None
 
     def upgrade_database(self) -> str:
         """Bring the database to this version's schema revision (``llmrouter db upgrade``);
@@ -377,6 +384,13 @@ class Store(KeyStore):
             # A provider this database has not seen (its row is made at startup, so rarely).
             self._create_provider_row(conn, provider)
             conn.execute(self._sql.add_provider_total, params)
+
+    def record_provider_call(
+        self, provider: str, *, prompt_tokens: int, completion_tokens: int, cost_nanos: int
+    ) -> None:
+        """A call billed to no key (a connection's test) in its provider's totals."""
+        with self.transaction() as conn:
+            self._add_provider_total(conn, provider, prompt_tokens, completion_tokens, cost_nanos)
 
     def ensure_providers(self, names: list[str]) -> None:
         """Create the totals row of each provider up front, so settling only UPDATEs."""

@@ -63,6 +63,10 @@ class Tables:
     ledger: Table
     provider_totals: Table
     top_ups: Table
+    connections: Table
+    directory_version: Table
+    chat_sessions: Table
+    chat_messages: Table
 
     @property
     def version_table(self) -> str:
@@ -163,7 +167,72 @@ def build_tables(prefix: str = DEFAULT_PREFIX) -> Tables:
         Column("amount_nanos", BigInteger, nullable=False),
         Column("created_at", BigInteger, nullable=False),
     )
-    return Tables(prefix, metadata, api_keys, ledger, provider_totals, top_ups)
+    connections = Table(
+        prefix + "connections",
+        metadata,
+        Column("id", String(40), primary_key=True),
+        Column("name", String(100), nullable=False),
+        # the name lower-cased: names are unique case-insensitively on every database
+        Column("name_folded", String(100), nullable=False, unique=True),
+        Column("provider", String(32), nullable=False),
+        Column("model", String(200), nullable=True),
+        Column("base_url", String(2000), nullable=True),
+        # the provider's API key, encrypted (llmrouter/secrets.py); the hint is its mask
+        Column("api_key_encrypted", Text, nullable=True),
+        Column("api_key_hint", String(40), nullable=True),
+        # JSON: request defaults, and models as [[providers.models]] lists them
+        Column("configuration", Text, nullable=False),
+        Column("models", Text, nullable=False),
+        # active | error | disabled, and the reason of the last failed test
+        Column("status", String(16), nullable=False),
+        Column("status_reason", String(500), nullable=True),
+        # the name's provider totals when this connection was made: its totalCost is the
+        # difference (a deleted connection's ledger and totals stay under its name)
+        Column("cost_base_nanos", BigInteger, nullable=False, default=0),
+        Column("created_at", BigInteger, nullable=False),
+        Column("updated_at", BigInteger, nullable=False),
+    )
+    # One row: bumped in the transaction of every change to the connections, read by every
+    # process (at most once a second) to know when to rebuild its provider directory.
+    directory_version = Table(
+        prefix + "directory_version",
+        metadata,
+        Column("id", SmallInteger, primary_key=True, autoincrement=False),
+        Column("version", BigInteger, nullable=False),
+    )
+    chat_sessions = Table(
+        prefix + "chat_sessions",
+        metadata,
+        Column("id", String(40), primary_key=True),
+        Column("connection_id", String(40), nullable=False, index=True),
+        Column("key_id", String(32), nullable=False),
+        Column("title", String(200), nullable=False),
+        Column("created_at", BigInteger, nullable=False),
+        Column("updated_at", BigInteger, nullable=False),
+    )
+    chat_messages = Table(
+        prefix + "chat_messages",
+        metadata,
+        Column("id", _BigId, primary_key=True, autoincrement=True),
+        Column("session_id", String(40), nullable=False, index=True),
+        Column("role", String(16), nullable=False),
+        Column("content", Text, nullable=False),
+        # the ledger row of the call that produced an assistant turn
+        Column("request_id", String(64), nullable=True),
+        Column("created_at", BigInteger, nullable=False),
+    )
+    return Tables(
+        prefix,
+        metadata,
+        api_keys,
+        ledger,
+        provider_totals,
+        top_ups,
+        connections,
+        directory_version,
+        chat_sessions,
+        chat_messages,
+    )
 
 
 # The default prefix's tables, as module names (what most code and tests read).
@@ -173,3 +242,7 @@ api_keys = _default.api_keys
 ledger = _default.ledger
 provider_totals = _default.provider_totals
 top_ups = _default.top_ups
+connections = _default.connections
+directory_version = _default.directory_version
+chat_sessions = _default.chat_sessions
+chat_messages = _default.chat_messages

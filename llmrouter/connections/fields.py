@@ -1,0 +1,238 @@
+"""A provider connection's fields (seed 003): what a client may send, how it is checked,
+what becomes of it in the router (``ProviderSettings``), and how it is shown.
+
+Input is strict and names the first bad field (``400`` with ``field`` set); unknown fields
+are refused. A connection's kind is seed 003's ``provider``: ``openai``, ``anthropic``,
+``custom`` (any OpenAI-compatible server, ``baseUrl`` required), and every other kind the
+router has (``gemini``, ``mistral``, ``openai-compatible``, and the offline ``echo``).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+
+from ..billing import nanos_to_usd
+from ..config import (
+    PROVIDER_NAME_PATTERN,
+    ModelSettings,
+    ProviderSettings,
+    RequestDefaults,
+)
+from ..errors import InvalidRequestError
+from ..naming import table_priced
+from ..schemas import describe_validation_error
+from ..secrets import mask
+from ..store import ConnectionRecord
+
+#: seed 003's provider names -> the adapter kind that speaks to them
+KINDS = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "custom": "openai-compatible",
+    "openai-compatible": "openai-compatible",
+    "gemini": "gemini",
+    "mistral": "mistral",
+    "echo": "echo",
+}
+#: kinds whose upstream needs a key (a custom server may not: a local vLLM, say)
+NEEDS_API_KEY = frozenset({"openai", "anthropic", "gemini", "mistral"})
+NEEDS_BASE_URL = frozenset({"custom", "openai-compatible"})
+STATUSES = ("active", "error", "disabled")
+MAX_MODELS = 200
+CONFIG_ID_PREFIX = "config-"
+
+
+def _printable(value: str) -> str:
+    if any(unicodedata.category(c).startswith("C") for c in value):
+        raise ValueError("no control characters are allowed")
+    return value
+
+
+def _base_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("a base URL is an http:// or https:// URL with a host")
+    if parts.username or parts.password:
+        raise ValueError("a base URL carries no credentials: give the key as apiKey")
+    if parts.query or parts.fragment:
+        raise ValueError("a base URL has no query or fragment")
+    return value.rstrip("/")
+
+
+_Name = Annotated[str, StringConstraints(max_length=100, pattern=PROVIDER_NAME_PATTERN)]
+_ModelId = Annotated[
+    str, StringConstraints(min_length=1, max_length=200), AfterValidator(_printable)
+]
+_ApiKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=4000), AfterValidator(_printable)
+]
+_BaseUrl = Annotated[str, StringConstraints(max_length=2000), AfterValidator(_base_url)]
+
+
+class ConnectionModel(ModelSettings):
+    """A model a connection lists: ``[[providers.models]]``'s fields, without fallbacks
+    (a fallback would tie one connection's routing to another's existence)."""
+
+    @field_validator("fallbacks")
+    @classmethod
+    def _no_fallbacks(cls, value: list[str]) -> list[str]:
+        if value:
+            raise ValueError("a connection's models have no fallbacks")
+        return value
+
+
+class ConnectionChanges(BaseModel):
+    """``PATCH /llm-providers/{id}``: the fields given change, the others stay; ``null``
+    clears ``model``, ``baseUrl`` or ``apiKey``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    name: _Name | None = None
+    provider: str | None = None
+    api_key: _ApiKey | None = Field(default=None, alias="apiKey")
+    model: _ModelId | None = None
+    base_url: _BaseUrl | None = Field(default=None, alias="baseUrl")
+    configuration: RequestDefaults | None = None
+    models: list[ConnectionModel] | None = Field(default=None, max_length=MAX_MODELS)
+    #: ``disabled`` stops routing; ``active`` starts it again (``error`` is set by a test)
+    status: str | None = None
+
+    @field_validator("provider")
+    @classmethod
+    def _known_kind(cls, value: str | None) -> str | None:
+        if value is not None and value not in KINDS:
+            raise ValueError(f"unknown provider '{value}'; known: {', '.join(KINDS)}")
+        return value
+
+    @field_validator("status")
+    @classmethod
+    def _settable_status(cls, value: str | None) -> str | None:
+        if value is not None and value not in ("active", "disabled"):
+            raise ValueError("status is 'active' or 'disabled'")
+        return value
+
+
+class NewConnection(ConnectionChanges):
+    """``POST /llm-providers``: ``name`` and ``provider`` are required."""
+
+    name: _Name
+    provider: str
+
+
+def parse(model: type[ConnectionChanges], body: Any) -> ConnectionChanges:
+    if not isinstance(body, Mapping):
+        raise InvalidRequestError("The request body must be a JSON object.")
+    try:
+        return model.model_validate(dict(body))
+    except ValidationError as exc:
+        message, field = describe_validation_error(exc)
+        raise InvalidRequestError(message, param=field) from None
+
+
+def settings_of(
+    *,
+    name: str,
+    provider: str,
+    api_key: str | None,
+    base_url: str | None,
+    model: str | None,
+    configuration: Mapping[str, Any],
+    models: list[dict[str, Any]],
+) -> ProviderSettings:
+    """The router's settings of a connection: its kind's adapter, its models, and any
+    other model priced from the price table (``unlisted_pricing = "table"``)."""
+    listed = [ModelSettings.model_validate(m) for m in models]
+    if model and all(m.id != model for m in listed):
+        # the default model is listed, at the price table's price
+        listed.append(table_priced(KINDS[provider], model, base_url))
+    return ProviderSettings(
+        name=name,
+        kind=KINDS[provider],
+        base_url=base_url,
+        api_key=SecretStr(api_key) if api_key else None,
+        allow_unlisted_models=True,
+        unlisted_pricing="table",
+        request_defaults=RequestDefaults.model_validate(configuration),
+        models=listed,
+    )
+
+
+def check_complete(
+    provider: str, *, api_key: str | None, base_url: str | None, had_key: bool = False
+) -> None:
+    """The fields a kind needs, given (after a change: ``had_key`` when one is stored)."""
+    if provider in NEEDS_API_KEY and not (api_key or had_key):
+        raise InvalidRequestError(
+            f"A '{provider}' connection needs an apiKey.", param="apiKey", code="missing_field"
+        )
+    if provider in NEEDS_BASE_URL and not base_url:
+        raise InvalidRequestError(
+            f"A '{provider}' connection needs a baseUrl (the OpenAI-compatible server).",
+            param="baseUrl",
+            code="missing_field",
+        )
+
+
+def view(record: ConnectionRecord) -> dict[str, Any]:
+    """A connection as responses show it: seed 003's fields, the apiKey only masked."""
+    return {
+        "id": record.id,
+        "name": record.name,
+        "provider": record.provider,
+        "model": record.model,
+        "baseUrl": record.base_url,
+        "apiKey": record.api_key_hint,
+        "configuration": RequestDefaults.model_validate(record.configuration).model_dump(
+            by_alias=True, exclude_none=True
+        ),
+        "models": record.models,
+        "status": record.status,
+        "statusReason": record.status_reason,
+        "totalCost": nanos_to_usd(record.total_cost_nanos),
+        "source": record.source,
+        "createdAt": _iso(record.created_at),
+        "updatedAt": _iso(record.updated_at),
+    }
+
+
+def config_record(settings: ProviderSettings, total_cost_nanos: int) -> ConnectionRecord:
+    """A config-file provider, shown beside the connections (read-only)."""
+    secret = settings.secret()
+    return ConnectionRecord(
+        id=CONFIG_ID_PREFIX + settings.name,
+        name=settings.name,
+        provider=settings.kind,
+        model=settings.models[0].id if settings.models else None,
+        base_url=settings.base_url,
+        api_key_hint=mask(secret) if secret else None,
+        configuration=settings.request_defaults.fields(),
+        models=[m.model_dump(mode="json") for m in settings.models],
+        status="active",
+        status_reason=None,
+        total_cost_nanos=total_cost_nanos,
+        created_at=None,
+        updated_at=None,
+        source="config",
+    )
+
+
+def _iso(millis: int | None) -> str | None:
+    if millis is None:
+        return None
+    moment = datetime.fromtimestamp(millis / 1000, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
