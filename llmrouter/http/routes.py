@@ -14,6 +14,7 @@ from ..store import KeyRecord
 from .access import admin, caller, json_object
 from .connection_routes import CONNECTION_ROUTES
 from .route import Route
+from .session_routes import SESSION_ROUTES
 from .wire import Request, Response, event_stream, json_response
 
 
@@ -171,5 +172,6 @@ ROUTES = (
     Route("PATCH", "/keys/{key_id}", update_key, "change a key's name, limits, restrictions"),
     Route("DELETE", "/keys/{key_id}", revoke_key, "revoke a key (admin)"),
     *CONNECTION_ROUTES,
+    *SESSION_ROUTES,
 )
 HEALTH = Route("GET", "", health, "liveness and the database's health")
