@@ -156,17 +156,22 @@ def settings_of(
 ) -> ProviderSettings:
     """The router's settings of a connection: its kind's adapter, its models, and any
     other model priced from the price table (``unlisted_pricing = "table"``)."""
+    kind = KINDS[provider]
+    # the offline echo kind costs nothing; every other kind is priced by the table
+    pricing = "fixed" if kind == "echo" else "table"
     listed = [ModelSettings.model_validate(m) for m in models]
     if model and all(m.id != model for m in listed):
         # the default model is listed, at the price table's price
-        listed.append(table_priced(KINDS[provider], model, base_url))
+        listed.append(
+            ModelSettings(id=model) if pricing == "fixed" else table_priced(kind, model, base_url)
+        )
     return ProviderSettings(
         name=name,
-        kind=KINDS[provider],
+        kind=kind,
         base_url=base_url,
         api_key=SecretStr(api_key) if api_key else None,
         allow_unlisted_models=True,
-        unlisted_pricing="table",
+        unlisted_pricing=pricing,
         request_defaults=RequestDefaults.model_validate(configuration),
         models=listed,
     )
