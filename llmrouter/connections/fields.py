@@ -12,7 +12,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -158,7 +158,7 @@ def settings_of(
     other model priced from the price table (``unlisted_pricing = "table"``)."""
     kind = KINDS[provider]
     # the offline echo kind costs nothing; every other kind is priced by the table
-    pricing = "fixed" if kind == "echo" else "table"
+    pricing: Literal["fixed", "table"] = "fixed" if kind == "echo" else "table"
     listed = [ModelSettings.model_validate(m) for m in models]
     if model and all(m.id != model for m in listed):
         # the default model is listed, at the price table's price
