@@ -1,4 +1,5 @@
-"""The ``llmrouter`` command: serve the API, manage keys and credits, report usage."""
+"""The ``llmrouter`` command: serve the API, manage keys and credits, report usage,
+re-encrypt stored provider secrets, migrate the database."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from sqlalchemy.engine import make_url
 
 from . import __version__, usage
 from .billing import nanos_to_usd
-from .config import load_settings, source_label
+from .config import Settings, load_settings, source_label
 from .errors import ConfigError, LLMRouterError
 from .keys import key_view
 from .router import Router
+from .secrets import rotate_secrets
 from .store import KeyRecord, Store
 
 
@@ -145,6 +147,7 @@ def _parser(prog: str = "llmrouter") -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true")
     report.set_defaults(run=_usage)
     _db_parser(commands, common)
+    _secrets_parser(commands, common)
     return parser
 
 
@@ -355,16 +358,20 @@ def _db_store(args: argparse.Namespace) -> Store:
     embedded: Embedded | None = args.embedded
     if embedded is not None:
         return embedded.router.store if embedded.router else embedded.schema_store()
-    settings = load_settings(args.config)
+    return _own_store(args.config, load_settings(args.config), check_schema=False)
+
+
+def _own_store(config: str | None, settings: Settings, *, check_schema: bool) -> Store:
+    """The store of ``settings`` (read from ``config``), for commands that need no Router."""
     try:
         return Store(
             settings.database_url,
             timeout=settings.database_timeout_seconds,
             table_prefix=settings.table_prefix,
-            check_schema=False,
+            check_schema=check_schema,
         )
     except ConfigError as exc:
-        raise exc.at(source_label(args.config)) from None
+        raise exc.at(source_label(config)) from None
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
@@ -392,3 +399,51 @@ def _db_current(args: argparse.Namespace) -> int:
     state = "at head" if revision == head else f"behind: run `llmrouter db upgrade` for {head}"
     print(f"{revision or '(empty)'} ({state})")
     return 0 if revision == head else 1
+
+
+def _secrets_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    secrets = commands.add_parser("secrets", help="the stored provider API keys")
+    actions = secrets.add_subparsers(dest="secrets", required=True)
+    rotate = actions.add_parser(
+        "rotate",
+        parents=[common],
+        help="re-encrypt every stored provider API key under the config's (new) secret_key",
+    )
+    rotate.add_argument(
+        "--old-secret-env",
+        required=True,
+        metavar="VAR",
+        help="the environment variable holding the old secret_key",
+    )
+    rotate.set_defaults(run=_secrets_rotate)
+
+
+def _secrets_rotate(args: argparse.Namespace) -> int:
+    """``rotate_secrets`` on the config's store (its docstring has the fleet procedure)."""
+    old_secret_key = os.environ.get(args.old_secret_env)
+    if not old_secret_key:
+        raise ConfigError(
+            f"environment variable {args.old_secret_env} is not set (it holds the old secret_key)",
+            key="--old-secret-env",
+        )
+    router = _router(args) if args.embedded else None
+    settings = router.settings if router else load_settings(args.config)
+    if settings.secret_key is None:
+        raise ConfigError(
+            "no secret_key is configured: set the new one (secret_key or secret_key_env), "
+            "the one to re-encrypt under",
+            source=None if router else source_label(args.config),
+            key="secret_key",
+        )
+    # the store alone, not a Router: its directory would try the new key on the secrets
+    store = router.store if router else _own_store(args.config, settings, check_schema=True)
+    try:
+        count = rotate_secrets(store, settings.secret_key.get_secret_value(), old_secret_key)
+    finally:
+        if router is None:
+            store.close()
+    print(
+        f"re-encrypted {count} stored provider API key{'' if count == 1 else 's'} under "
+        "the new secret_key; restart every process with it"
+    )
+    return 0
