@@ -99,7 +99,7 @@ class Connections:
         box = self._secret_box()
         now = self._router._now_ms()
         values: dict[str, Any] = {
-            "id": "prov-" + str(uuid.uuid4()),
+            "id": "prov-" + uuid.uuid4().hex,  # 37 characters: the id columns are 40 wide
             "name": new.name,
             "provider": new.provider,
             "model": new.model,
