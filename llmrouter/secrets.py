@@ -27,7 +27,13 @@ _PURPOSE = b"llmrouter provider secrets v1"
 
 
 class SecretUnreadableError(ConfigError):
-    """A stored secret that the configured ``secret_key`` does not decrypt."""
+    """A stored secret that the configured ``secret_key`` does not decrypt. A request that
+    needs it (changing or testing the connection) is a 409: the request is sound, the
+    router's key is not the one the secret was stored under."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "secret_unreadable"
 
 
 def _fernet(secret_key: str) -> Fernet:
@@ -55,7 +61,8 @@ class SecretBox:
         except (InvalidToken, UnicodeError, ValueError):
             raise SecretUnreadableError(
                 "a stored provider secret does not decrypt with this secret_key (was it "
-                "changed without `llmrouter secrets rotate`?)",
+                "changed without `llmrouter secrets rotate`?); giving the connection its "
+                "apiKey again stores it under this one",
                 key="secret_key",
             ) from None
 

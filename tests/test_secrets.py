@@ -239,6 +239,31 @@ def test_mask_shows_a_kind_prefix_and_four_characters_of_a_long_key_only() -> No
     assert mask("1234567") == "…" and mask("12345678") == "…78"
 
 
+def test_a_connection_under_another_secret_key_is_a_409_to_change_or_test(
+    router_on: Callable[..., Router], fake_openai: FakeOpenAI
+) -> None:
+    """Never a 500: the request is sound, this router's secret_key is not the one the key
+    was stored under. Giving the connection its apiKey again stores it under this one."""
+    made = router_on(OLD_SECRET_KEY).connections.create(connection_fields(fake_openai))
+    other = router_on(NEW_SECRET_KEY)
+    app = Flask("host")
+    LLMRouter(app, router=other)
+    auth = {"Authorization": f"Bearer {other.create_key('admin', admin=True)[1]}"}
+    path = f"/v1/llm-providers/{made.id}"
+    http = app.test_client()
+
+    for method, url, body in (("PATCH", path, {"name": "Renamed"}), ("POST", path + "/test", None)):
+        refused = http.open(url, method=method, json=body, headers=auth)
+        assert refused.status_code == 409 and refused.json is not None
+        assert refused.json["error"]["code"] == "secret_unreadable"
+        assert "secret_key" in refused.json["error"]["message"] and leaked(refused.text) == []
+    assert http.get(path, headers=auth).json["data"]["name"] == "Upstream"  # nothing changed
+
+    healed = http.patch(path, json={"apiKey": UPSTREAM_KEY}, headers=auth)
+    assert healed.status_code == 200
+    assert http.post(path + "/test", headers=auth).json["data"]["status"] == "ok"
+
+
 # ---------------------------------------------------------------- rotation
 
 
