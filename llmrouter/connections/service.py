@@ -25,6 +25,7 @@ from ..providers.registry import build_adapter
 from ..schemas import describe_validation_error, parse_chat_request
 from ..secrets import SecretBox, mask
 from ..store import ConnectionRecord
+from .chat import ChatSessions
 from .fields import (
     CONFIG_ID_PREFIX,
     ConnectionChanges,
@@ -67,6 +68,8 @@ class Connections:
     def __init__(self, router: Router, box: SecretBox | None) -> None:
         self._router = router
         self._box = box
+        #: chat with a connection, and its chat sessions (``chat.py``)
+        self.sessions = ChatSessions(router)
 
     # ---------------------------------------------------------------- reading
 

@@ -210,3 +210,32 @@ class ConnectionRecord:
     #: ``store`` (made over HTTP) or ``config`` (the config file's, read-only)
     source: str = "store"
     api_key_encrypted: str | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class ChatMessageRecord:
+    """One turn of a chat session: ``user`` or ``assistant``."""
+
+    role: str
+    content: str
+    #: Unix milliseconds
+    created_at: int
+    #: the ledger row of the call that produced an assistant turn (None when not known)
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A chat session of a connection (``POST /llm-providers/{id}/chat``); ``messages``
+    is filled only when one session is read, oldest first."""
+
+    id: str
+    #: the connection's id (a config provider's: see ``connections.chat.session_owner``)
+    connection_id: str
+    #: the key that started the session
+    key_id: str
+    title: str
+    created_at: int
+    updated_at: int
+    message_count: int
+    messages: tuple[ChatMessageRecord, ...] = ()

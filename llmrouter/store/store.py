@@ -28,6 +28,7 @@ from .records import (
     Ticket,
     UsageRow,
 )
+from .session_store import SessionStatements, SessionStore
 from .settlement import SettlementStatements
 from .tables import DEFAULT_PREFIX, Tables, build_tables
 
@@ -38,7 +39,7 @@ ABANDONED_REASON = (
 )
 
 
-class Store(KeyStore, ConnectionStore):
+class Store(KeyStore, ConnectionStore, SessionStore):
     """One SQL database (SQLite, PostgreSQL, MariaDB/MySQL) holding keys, quotas and money.
 
     ``engine``: the host's own engine instead of one made from ``database_url`` (which is
@@ -95,6 +96,7 @@ class Store(KeyStore, ConnectionStore):
         self._sql = SettlementStatements(tables)
         self._keys = KeyStatements(tables)
         self._connections = ConnectionStatements(tables)
+        self._sessions = SessionStatements(tables)
         try:
             # An in-memory SQLite database is one shared connection: one transaction at a
             # time.
