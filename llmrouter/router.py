@@ -174,7 +174,7 @@ class Router:
         try:
             return directory, directory.catalog.resolve(name)
         except ModelNotFoundError:
-            newer = self._live.refresh_on_miss()
+            newer = self._live.refresh_on_miss(directory)
             if newer is None:
                 raise
             return newer, newer.catalog.resolve(name)

@@ -45,10 +45,12 @@ class ProviderDirectory:
 
     ``providers`` come from the config file: one that cannot be built is a ``ConfigError``
     (the Router does not start). ``connections`` come from the store: one that cannot be
-    built is left out and logged (``skipped`` says which and why), so a bad row never
-    breaks the snapshot. An adapter of ``previous`` whose settings are unchanged is taken
-    over, with its open connections; the others are dropped, not closed, so the calls
-    still running on them finish.
+    built, whatever the error, or whose models the catalog refuses (a fallback to nowhere,
+    an alias of the config file made ambiguous) is left out and logged (``skipped`` says
+    which and why, never with a secret), so a bad row never breaks the snapshot. An
+    adapter of ``previous`` whose settings are unchanged is taken over, with its open
+    connections; the others are dropped, not closed, so the calls still running on them
+    finish.
     """
 
     def __init__(
@@ -79,32 +81,61 @@ class ProviderDirectory:
                 except ConfigError as exc:
                     raise exc.at("", f"providers[{index}]({provider.name})") from None
             taken = {n.lower() for p in providers for n in (p.name, *p.aliases)}
+            routable: list[ProviderSettings] = []
             for connection in connections:
                 if connection.name.lower() in taken:
-                    self.skipped[connection.name] = "the name is a config provider's"
-                    log.warning(
-                        "provider connection '%s' left out: its name is taken by a config provider",
-                        connection.name,
-                    )
+                    self._skip(connection.name, "its name is taken by a config provider")
                     continue
                 try:
                     adapters[connection.name] = adapter_of(connection)
-                except ConfigError as exc:
-                    self.skipped[connection.name] = exc.message
-                    log.warning("provider connection '%s' left out: %s", connection.name, exc)
+                except Exception as exc:  # whatever a row holds, the others route
+                    reason = exc.message if isinstance(exc, ConfigError) else type(exc).__name__
+                    self._skip(connection.name, reason)
+                    continue
+                routable.append(connection)
+            self.catalog = self._catalog(providers, routable, aliases)
         except BaseException:
             for adapter in built:
                 adapter.close()
             raise
-        self.providers = tuple(providers) + tuple(
-            c for c in connections if c.name not in self.skipped
-        )
-        self.connection_names = frozenset(c.name for c in connections) - set(self.skipped)
-        self.catalog = ModelCatalog(self.providers, aliases)
+        for name in self.skipped:  # left out by the catalog after its adapter was made
+            dropped = adapters.pop(name, None)
+            if dropped is not None and any(dropped is adapter for adapter in built):
+                dropped.close()  # a taken-over one may still serve calls of ``previous``
+        self.providers = tuple(providers) + tuple(c for c in routable if c.name not in self.skipped)
+        self.connection_names = frozenset(c.name for c in routable) - set(self.skipped)
         self._adapters = adapters
         self._settings = {p.name: p for p in self.providers}
         self._policies = {p.name: TargetPolicy.of(p) for p in self.providers}
         self._defaults = {p.name: p.request_defaults.fields() for p in self.providers}
+
+    def _catalog(
+        self,
+        providers: Sequence[ProviderSettings],
+        connections: list[ProviderSettings],
+        aliases: Mapping[str, str],
+    ) -> ModelCatalog:
+        """The catalog of every provider; a connection whose models it refuses (a fallback
+        to nowhere, an alias made ambiguous) is left out, the first one found first."""
+        try:
+            return ModelCatalog([*providers, *connections], aliases)
+        except ConfigError:
+            if not connections:
+                raise  # the config file's own: the Router does not start
+        catalog = ModelCatalog(providers, aliases)
+        kept: list[ProviderSettings] = []
+        for connection in connections:
+            try:
+                catalog = ModelCatalog([*providers, *kept, connection], aliases)
+            except ConfigError as exc:
+                self._skip(connection.name, exc.message)
+                continue
+            kept.append(connection)
+        return catalog
+
+    def _skip(self, name: str, reason: str) -> None:
+        self.skipped[name] = reason
+        log.warning("provider connection '%s' left out: %s", name, reason)
 
     @property
     def adapters(self) -> Mapping[str, ProviderAdapter]:
