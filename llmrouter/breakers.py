@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 
@@ -162,6 +162,13 @@ class Breakers:
         with self._lock:
             breaker = self._breakers.get(key)
             return breaker.state(self._clock()) if breaker else BreakerState.CLOSED
+
+    def forget(self, providers: Collection[str]) -> None:
+        """Drop every breaker of ``providers`` (their settings changed: a fixed key or URL
+        deserves a fresh start, not the cooldown its old self earned)."""
+        with self._lock:
+            for key in [k for k in self._breakers if k[1] in providers]:
+                del self._breakers[key]
 
     def _report(self, passage: Passage, outcome: _Outcome) -> None:
         with self._lock:

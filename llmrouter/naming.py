@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from .billing import price_string
@@ -33,7 +33,16 @@ class Target:
 class ModelCatalog:
     """Every model name a client may send, resolved to a ``Target``."""
 
-    def __init__(self, providers: Sequence[ProviderSettings], aliases: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        providers: Sequence[ProviderSettings],
+        aliases: Mapping[str, str],
+        *,
+        qualified_only: Collection[str] = (),
+    ) -> None:
+        """``qualified_only``: providers whose models answer only to ``Provider#Model``
+        (connections made at run time: adding one must never make a bare id that clients
+        use ambiguous)."""
         self._providers: dict[str, ProviderSettings] = {}
         for provider in providers:
             for name in (provider.name, *provider.aliases):
@@ -41,7 +50,8 @@ class ModelCatalog:
         self._listed = [Target(p.name, m.id, m) for p in providers for m in p.models]
         self._by_bare_id: dict[str, list[Target]] = {}
         for target in self._listed:
-            self._by_bare_id.setdefault(target.upstream_model, []).append(target)
+            if target.provider not in qualified_only:
+                self._by_bare_id.setdefault(target.upstream_model, []).append(target)
         self.aliases = dict(aliases)
         self._check()
 

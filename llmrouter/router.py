@@ -123,6 +123,7 @@ class Router:
             self.connections.settings_of,
             # an in-memory database has no other process to hear from
             refresh_seconds=0.0 if self.store.in_memory else settings.directory_refresh_seconds,
+            on_replaced=self.dispatcher.breakers.forget,
         )
         self.keys = KeyAuthenticator(self.store, ttl_seconds=settings.key_cache_seconds)
         self._clock = clock

@@ -360,12 +360,6 @@ def test_a_key_changed_to_a_wrong_one_is_refused_there_and_never_shown(
         assert secret_value not in logged
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a connection's breakers outlive its change (the dispatcher keys them by "
-    "provider name): refused three times for a wrong apiKey, it is refused for "
-    "cooldown_seconds (30 s) more after the key is fixed",
-)
 def test_a_fixed_key_routes_there_within_a_second_or_two(
     fleet: Fleet, there: openai.OpenAI, made: list[str]
 ) -> None:

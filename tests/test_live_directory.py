@@ -219,31 +219,22 @@ def test_a_bad_row_hides_no_connection_made_after_it(
     assert routes(started_now, later.name, secret)
 
 
-def test_a_connection_the_catalog_refuses_is_left_out_alone(
+def test_a_connection_never_makes_a_bare_id_or_an_alias_ambiguous(
     make_router: Callable[..., Router], fake_openai: FakeOpenAI, sqlite_url: str
 ) -> None:
     config = config_for(sqlite_url, fake_openai)
     config["aliases"] = {"basic": MODEL}  # the bare id: the config provider OpenAI's only
     here, there = make_router(config), make_router(config)
     secret = here.create_key("alias")[1]
-    other = here.connections.create(
-        openai_connection(
-            fake_openai,
-            unique("Other"),
-            model="other-model",
-            models=[{"id": "other-model", "prompt_price": "0", "completion_price": "0"}],
-        )
-    )
     twin = here.connections.create(openai_connection(fake_openai, unique("Twin")))
 
     there.refresh_directory()
 
-    assert set(there.directory.skipped) == {twin.name}  # it would make the alias ambiguous
-    assert "basic" in there.directory.skipped[twin.name]
-    reply = there.chat(model="basic", messages=HI, api_key=secret)
-    assert reply.choices[0].message.content
-    assert there.chat(model=f"{other.name}#other-model", messages=HI, api_key=secret).choices
-    assert not routes(there, twin.name, secret)
+    assert not there.directory.skipped
+    for name in ("basic", MODEL):  # still the config provider's, as clients knew them
+        reply = there.chat(model=name, messages=HI, api_key=secret)
+        assert reply.model == f"OpenAI#{MODEL}"
+    assert routes(there, twin.name, secret)  # the connection's model, by its full name
 
 
 # ------------------------------------------------------------------ the database gone

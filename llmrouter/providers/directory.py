@@ -105,6 +105,13 @@ class ProviderDirectory:
         self.providers = tuple(providers) + tuple(c for c in routable if c.name not in self.skipped)
         self.connection_names = frozenset(c.name for c in routable) - set(self.skipped)
         self._adapters = adapters
+        #: providers of ``previous`` whose adapter this snapshot did not take over (changed
+        #: or gone): what the dispatcher learnt about them (its breakers) is stale
+        self.replaced = frozenset(
+            name
+            for name, adapter in (previous._adapters.items() if previous else ())
+            if adapters.get(name) is not adapter
+        )
         self._settings = {p.name: p for p in self.providers}
         self._policies = {p.name: TargetPolicy.of(p) for p in self.providers}
         self._defaults = {p.name: p.request_defaults.fields() for p in self.providers}
@@ -118,7 +125,9 @@ class ProviderDirectory:
         """The catalog of every provider; a connection whose models it refuses (a fallback
         to nowhere, an alias made ambiguous) is left out, the first one found first."""
         try:
-            return ModelCatalog([*providers, *connections], aliases)
+            return ModelCatalog(
+                [*providers, *connections], aliases, qualified_only=_names(connections)
+            )
         except ConfigError:
             if not connections:
                 raise  # the config file's own: the Router does not start
@@ -126,7 +135,11 @@ class ProviderDirectory:
         kept: list[ProviderSettings] = []
         for connection in connections:
             try:
-                catalog = ModelCatalog([*providers, *kept, connection], aliases)
+                catalog = ModelCatalog(
+                    [*providers, *kept, connection],
+                    aliases,
+                    qualified_only=_names([*kept, connection]),
+                )
             except ConfigError as exc:
                 self._skip(connection.name, exc.message)
                 continue
@@ -156,3 +169,7 @@ class ProviderDirectory:
         """Release the adapters' connections (when the Router closes)."""
         for adapter in self._adapters.values():
             adapter.close()
+
+
+def _names(providers: Sequence[ProviderSettings]) -> frozenset[str]:
+    return frozenset(p.name for p in providers)

@@ -74,8 +74,12 @@ class LiveDirectory:
         settings_of: SettingsOf,
         *,
         refresh_seconds: float,
+        on_replaced: Callable[[frozenset[str]], None] = lambda names: None,
     ) -> None:
+        """``on_replaced`` hears the names of providers a new snapshot rebuilt or dropped
+        (the Router forgets their circuit breakers)."""
         self._providers = tuple(providers)
+        self._on_replaced = on_replaced
         self._aliases = dict(aliases)
         self._store = store
         self._settings_of = settings_of
@@ -204,6 +208,8 @@ class LiveDirectory:
             return
         self._snapshot = self._rebuilt(version, records)
         self._unreadable = None
+        if self._snapshot.replaced:
+            self._on_replaced(self._snapshot.replaced)
 
     def _rebuilt(self, version: int, records: list[ConnectionRecord]) -> ProviderDirectory:
         connections = []
