@@ -18,7 +18,7 @@ from llmrouter import RateLimitError, Router
 from llmrouter.errors import ConfigError
 from llmrouter.store import Store
 from llmrouter.store.tables import build_tables
-from tests.conftest import drop_tables, gateway_config
+from tests.conftest import database_urls, drop_tables, gateway_config
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -150,3 +150,34 @@ def test_a_host_mariadb_engine_with_simultaneous_assignment_still_admits_correct
         router.close()
         engine.dispose()
         drop_tables(MYSQL_URL, tables)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+@pytest.mark.parametrize("database_url", database_urls(), indirect=True)
+def test_a_router_built_before_a_fork_serves_in_every_child(database_url: str) -> None:
+    # gunicorn --preload builds the app (and its Router) in the master, then forks: each
+    # worker must talk to the database on sockets of its own, not on the master's.
+    config = gateway_config(database_url=database_url, quota={"daily_requests": 10_000})
+    router = Router.from_config(config)
+    secret = router.create_key("forked")[1]
+    router.chat(model="echo#echo", messages=HI, api_key=secret)  # a pooled connection now
+    children = []
+    for _ in range(3):
+        pid = os.fork()
+        if pid == 0:  # the child: twenty calls, then its verdict as the exit code
+            code = 1
+            try:
+                for _ in range(20):
+                    router.chat(model="echo#echo", messages=HI, api_key=secret)
+                code = 0
+            finally:
+                os._exit(code)
+        children.append(pid)
+    for _ in range(20):  # the parent keeps using its own pool meanwhile
+        router.chat(model="echo#echo", messages=HI, api_key=secret)
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+    try:
+        assert codes == [0, 0, 0]
+        assert sum(row.requests for row in router.usage()) == 1 + 20 + 3 * 20
+    finally:
+        router.close()

@@ -10,6 +10,7 @@ becomes ``StoreUnavailableError`` within seconds instead of a hung request.
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
 import weakref
 from typing import Any
@@ -296,3 +297,18 @@ def _postgres_transaction_timeouts(engine: Engine, timeout: float) -> Engine:
             cursor.close()
 
     return bounded
+
+
+def _fresh_pools_after_fork() -> None:
+    """In a forked child (gunicorn ``--preload``, multiprocessing): pooled connections are
+    the parent's sockets, and two processes talking on one socket corrupt each other's
+    conversations. The child drops its references to them (``close=False``: the parent's
+    stay open) and opens its own. An in-memory database lives in its one connection and is
+    kept (the child has its own copy of the memory)."""
+    for engine in list(_prepared_engines):
+        if not isinstance(engine.pool, StaticPool):
+            engine.dispose(close=False)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_pools_after_fork)
