@@ -76,6 +76,10 @@ class ChatResult:
     body: ChatCompletion | MeteredStream
     rate_limit: RateLimitInfo
     provider: str
+    #: the call's ledger row
+    request_id: str = ""
+    #: what the call cost at the served model's prices (None for a stream: known at its end)
+    cost_nanos: int | None = None
 
     def headers(self) -> dict[str, str]:
         return {**self.rate_limit.headers(), "X-LLMRouter-Provider": self.provider}
@@ -277,11 +281,12 @@ class Router:
                 self._metered(request, ticket, upstream, served, deadline),
                 rate_limit,
                 served.provider,
+                ticket.request_id,
             )
         usage, estimated = usage_or_estimate(request, completion)
-        self._settle(ticket, served, "ok", usage, estimated)
+        cost = self._settle(ticket, served, "ok", usage, estimated)
         completion.model = served.public_id
-        return ChatResult(completion, rate_limit, served.provider)
+        return ChatResult(completion, rate_limit, served.provider, ticket.request_id, cost)
 
     def _allowed_targets(
         self, key: KeyRecord, targets: list[Target]
@@ -376,7 +381,9 @@ class Router:
         usage: Usage,
         estimated: bool,
         error: str | None = None,
-    ) -> None:
+    ) -> int:
+        """Settle the call (now, or in the background while the database is away); returns
+        its cost."""
         if status == "failed":  # nothing was delivered: nothing is billed
             usage, estimated = Usage(), False
         prompt = min(max(usage.prompt_tokens, 0), MAX_TOKENS_REPORTED)
@@ -396,6 +403,7 @@ class Router:
             error=error,
         )
         self._write(lambda: self._settle_once(settlement), f"settlement of {ticket.request_id}")
+        return cost
 
     def _settle_once(self, settlement: Settlement) -> None:
         if not self.store.settle(settlement):

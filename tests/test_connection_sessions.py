@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import requests
+from sqlalchemy import select
 
 from llmrouter import Router
 from llmrouter.billing import estimate_prompt_tokens
@@ -373,6 +374,16 @@ def test_config_file_providers_chat_in_sessions_too(
     ]
     assert first.cost_nanos is not None and second.cost_nanos is not None
     assert first.cost_nanos + second.cost_nanos == router.usage(key_id=key.id)[0].cost_nanos
+    # each reply names its ledger row
+    replies = [m for m in sessions.get("config-OpenAI", first.session_id).messages]
+    ledger = router.store.tables.ledger
+    with router.store.transaction(read_only=True) as conn:
+        rows = conn.execute(
+            select(ledger.c.request_id, ledger.c.cost_nanos).where(ledger.c.key_id == key.id)
+        ).all()
+    assert sorted(m.request_id for m in replies if m.role == "assistant") == sorted(
+        r.request_id for r in rows
+    )
 
     echoed = sessions.chat(f"config-{long_name}", "hi", caller=key)
     assert [s.id for s in sessions.list(f"config-{long_name}")] == [echoed.session_id]

@@ -47,14 +47,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from ..billing import (
     DEFAULT_OUTPUT_ALLOWANCE,
     MESSAGE_TOKEN_ALLOWANCE,
-    Prices,
     nanos_to_usd,
     usage_or_estimate,
 )
 from ..errors import (
     ConflictError,
     InvalidRequestError,
-    LLMRouterError,
     ModelNotFoundError,
     NotFoundError,
 )
@@ -80,8 +78,6 @@ TITLE_CHARS = 80
 ANSWER_SHARE_OF_CONTEXT = 4
 #: the longest id ``chat_sessions.connection_id`` holds
 OWNER_ID_CHARS = 40
-#: token counts are bounded as the settlement bounds them (see ``Router._settle``)
-_MAX_TOKENS = 2**31 - 1
 _SESSION_ID = re.compile(r"sess-[0-9a-f]{32}")
 
 
@@ -231,7 +227,7 @@ class ChatSessions:
         now = self._router._now_ms()
         exchange = (
             ChatMessageRecord("user", turn.message, now),
-            ChatMessageRecord("assistant", content, now),
+            ChatMessageRecord("assistant", content, now, result.request_id),
         )
         store = self._router.store
         if turn.session_id is None:
@@ -251,7 +247,7 @@ class ChatSessions:
             model=completion.model,
             usage=usage,
             usage_estimated=estimated,
-            cost_nanos=self._cost(completion.model, usage),
+            cost_nanos=result.cost_nanos,
             history_left_out=left_out,
             headers=result.headers(),
         )
@@ -305,17 +301,6 @@ class ChatSessions:
             return target.model.max_output_length
         context = target.model.context_length or 0
         return min(DEFAULT_OUTPUT_ALLOWANCE, context // ANSWER_SHARE_OF_CONTEXT)
-
-    def _cost(self, served: str, usage: Usage) -> int | None:
-        """The served model's price for ``usage``, as the settlement computes it (None
-        when the model left the directory meanwhile)."""
-        try:
-            target = self._router.directory.catalog.resolve(served)
-        except LLMRouterError:
-            return None
-        prompt = min(max(usage.prompt_tokens, 0), _MAX_TOKENS)
-        completion = min(max(usage.completion_tokens, 0), _MAX_TOKENS)
-        return Prices.of(target.model).cost_nanos(prompt, completion)
 
 
 def fit_history(
