@@ -96,6 +96,7 @@ def test_the_readme_has_the_blocks_this_test_expects() -> None:
     assert len([b for b in blocks if b.not_run is None]) >= 10
     assert [s.heading for s in SESSIONS if any(b.background for b in s.blocks)] == [
         "Quickstart",
+        "Try it",
         "Running in production",
     ]
 
