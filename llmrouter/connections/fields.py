@@ -12,6 +12,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -28,14 +29,15 @@ from pydantic import (
 
 from ..billing import nanos_to_usd
 from ..config import (
+    INT32_MAX,
     PROVIDER_NAME_PATTERN,
     ModelSettings,
     ProviderSettings,
     RequestDefaults,
 )
 from ..errors import InvalidRequestError
-from ..naming import table_priced
-from ..schemas import describe_validation_error
+from ..naming import MAX_MODEL_NAME, table_priced
+from ..schemas import check_json_values, describe_validation_error
 from ..secrets import mask
 from ..store import ConnectionRecord
 
@@ -54,6 +56,11 @@ NEEDS_API_KEY = frozenset({"openai", "anthropic", "gemini", "mistral"})
 NEEDS_BASE_URL = frozenset({"custom", "openai-compatible"})
 STATUSES = ("active", "error", "disabled")
 MAX_MODELS = 200
+#: the most a listed model may cost per token (USD): far above any real price, and low
+#: enough that no call's cost overflows the 64-bit columns it is added to
+MAX_PRICE = Decimal(1)
+#: the most decimals a price may have (a price finer than 1e-30 USD a token is a typo)
+MAX_PRICE_DECIMALS = 30
 CONFIG_ID_PREFIX = "config-"
 
 
@@ -74,7 +81,11 @@ def _base_url(value: str) -> str:
     return value.rstrip("/")
 
 
-_Name = Annotated[str, StringConstraints(max_length=100, pattern=PROVIDER_NAME_PATTERN)]
+_Name = Annotated[
+    str,
+    StringConstraints(max_length=100, pattern=PROVIDER_NAME_PATTERN),
+    AfterValidator(_printable),  # nor invisible ones (a right-to-left override, say)
+]
 _ModelId = Annotated[
     str, StringConstraints(min_length=1, max_length=200), AfterValidator(_printable)
 ]
@@ -86,7 +97,30 @@ _BaseUrl = Annotated[str, StringConstraints(max_length=2000), AfterValidator(_ba
 
 class ConnectionModel(ModelSettings):
     """A model a connection lists: ``[[providers.models]]``'s fields, without fallbacks
-    (a fallback would tie one connection's routing to another's existence)."""
+    (a fallback would tie one connection's routing to another's existence), and with
+    bounds a config file is trusted to keep: prices and lengths a bill can hold."""
+
+    context_length: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    max_output_length: int | None = Field(default=None, ge=1, le=INT32_MAX)
+
+    @field_validator("id")
+    @classmethod
+    def _printable_id(cls, value: str) -> str:
+        return _printable(value)
+
+    @field_validator("prompt_price", "completion_price")
+    @classmethod
+    def _bounded_price(cls, value: Decimal) -> Decimal:
+        # ``value`` is finite and not negative (ModelSettings checked); it is bounded here
+        # before any arithmetic: "1e400" would overflow the ledger at the first call.
+        _, digits, exponent = value.as_tuple()
+        assert isinstance(exponent, int)
+        if value > MAX_PRICE or len(digits) > MAX_PRICE_DECIMALS or -exponent > MAX_PRICE_DECIMALS:
+            raise ValueError(
+                f"a price is at most {MAX_PRICE} USD per token, with at most "
+                f"{MAX_PRICE_DECIMALS} decimals"
+            )
+        return value
 
     @field_validator("fallbacks")
     @classmethod
@@ -137,6 +171,7 @@ class NewConnection(ConnectionChanges):
 def parse(model: type[ConnectionChanges], body: Any) -> ConnectionChanges:
     if not isinstance(body, Mapping):
         raise InvalidRequestError("The request body must be a JSON object.")
+    check_json_values(dict(body))  # no lone surrogate, in any field, reaches the database
     try:
         return model.model_validate(dict(body))
     except ValidationError as exc:
@@ -191,6 +226,21 @@ def check_complete(
             param="baseUrl",
             code="missing_field",
         )
+
+
+def check_routable(name: str, model: str | None, models: list[dict[str, Any]]) -> None:
+    """Every model a connection names can be asked for: ``name#model`` is no longer than a
+    request's ``model`` may be (a connection that cannot route is never stored)."""
+    named = [("model", model)] if model else []
+    named += [(f"models[{i}].id", m["id"]) for i, m in enumerate(models)]
+    for field, model_id in named:
+        if len(name) + 1 + len(model_id) > MAX_MODEL_NAME:
+            raise InvalidRequestError(
+                f"Invalid '{field}': '{name}#{model_id}' is longer than {MAX_MODEL_NAME} "
+                "characters, the longest model name a request may send: shorten the "
+                "connection's name or the model id.",
+                param=field,
+            )
 
 
 def view(record: ConnectionRecord) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from .fields import (
     ConnectionChanges,
     NewConnection,
     check_complete,
+    check_routable,
     config_record,
     parse,
     settings_of,
@@ -297,6 +298,7 @@ class Connections:
     def _check_buildable(self, values: Mapping[str, Any], api_key: str | None) -> None:
         """The connection's settings, adapter and default model's price, or a 400 naming
         the field: a connection that cannot route is never stored."""
+        check_routable(values["name"], values["model"], values["models"])
         try:
             settings = settings_of(
                 name=values["name"],
