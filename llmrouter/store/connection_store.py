@@ -4,11 +4,16 @@ store's.
 
 Every change to a connection bumps ``directory_version`` in the same transaction, so a
 process that reads the counter and then the connections never sees a change half made.
+
+A row whose JSON columns do not parse (written by hand, a bug, another version) is read
+as ``disabled``, its ``status_reason`` naming the column, so it never routes and hides no
+other row; a change that gives that field again heals it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -20,6 +25,7 @@ from ..errors import ConflictError, NotFoundError
 from .records import ConnectionRecord
 from .tables import Tables
 
+log = logging.getLogger("llmrouter")
 _VERSION_ROW = 1
 
 
@@ -180,6 +186,19 @@ def _columns(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _record(row: Any, total_nanos: int) -> ConnectionRecord:
+    configuration = _json_column(row.configuration, dict)
+    models = _json_column(row.models, list)
+    status, reason = row.status, row.status_reason
+    unreadable = [n for n, v in (("configuration", configuration), ("models", models)) if v is None]
+    if unreadable:
+        what = " and ".join(unreadable)
+        log.warning(
+            "provider connection %s cannot be read: its stored %s is not JSON of the right "
+            "shape; it is disabled until a change gives it again",
+            row.id,
+            what,
+        )
+        status, reason = "disabled", f"its stored {what} cannot be read: give it again"
     return ConnectionRecord(
         id=row.id,
         name=row.name,
@@ -187,12 +206,21 @@ def _record(row: Any, total_nanos: int) -> ConnectionRecord:
         model=row.model,
         base_url=row.base_url,
         api_key_hint=row.api_key_hint,
-        configuration=json.loads(row.configuration),
-        models=json.loads(row.models),
-        status=row.status,
-        status_reason=row.status_reason,
+        configuration=configuration if configuration is not None else {},
+        models=models if models is not None else [],
+        status=status,
+        status_reason=reason,
         total_cost_nanos=total_nanos - row.cost_base_nanos,
         created_at=row.created_at,
         updated_at=row.updated_at,
         api_key_encrypted=row.api_key_encrypted,
     )
+
+
+def _json_column(text: Any, kind: type[Any]) -> Any:
+    """A JSON column's value if it parses to ``kind``, else None."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    return value if isinstance(value, kind) else None
