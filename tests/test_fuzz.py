@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,7 @@ class Gateway:
     client: FlaskClient
     port: int
     keys: dict[str, str]
+    router: Router
     logged: list[logging.LogRecord] = field(default_factory=list)
 
 
@@ -59,7 +61,8 @@ class _Collect(logging.Handler):
 def gateway() -> Iterator[Gateway]:
     # No quota in the way: thousands of requests from one key must all reach the code.
     config = gateway_config(
-        quota={"daily_requests": 2**31 - 1, "throttle_seconds": 1, "requests_per_minute": None}
+        quota={"daily_requests": 2**31 - 1, "throttle_seconds": 1, "requests_per_minute": None},
+        secret_key="fuzz-secret-key-0123456789",  # provider connections can be stored
     )
     # The standalone app (what ``llmrouter serve`` and gunicorn run): every route is ours.
     app = create_app(config)
@@ -73,7 +76,7 @@ def gateway() -> Iterator[Gateway]:
     logging.getLogger("llmrouter").addHandler(handler)
     try:
         with LoopbackServer(app) as server:
-            yield Gateway(app.test_client(), server.port, keys, handler.into)
+            yield Gateway(app.test_client(), server.port, keys, router, handler.into)
     finally:
         logging.getLogger("llmrouter").removeHandler(handler)
         router.close()
@@ -318,6 +321,80 @@ def chat_bodies(draw: st.DrawFn) -> dict[str, Any]:
 
 CHAT_BODY = chat_bodies()
 
+#: a connection's strings are stored: the nasty ones come often
+STORED_TEXT = st.one_of(NASTY_TEXT, st.text(st.characters() | SURROGATE, max_size=8), PLAIN_TEXT)
+# Seed 003's connection fields, each drawn right-ish or wrong. The names and models are
+# few, so the connections the fuzz manages to create stay few.
+CONNECTION_MODEL_ID = st.sampled_from(["fuzz-model", "gpt-4o", "claude-sonnet-4-6", "no-price"])
+PRICE = st.sampled_from(["0.000001", "0", "1", "1.5", "-1", "1e400", "1e-400", "NaN", "x"])
+CONNECTION_FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "name": maybe(st.sampled_from(["Fuzz", "fuzz", "Fuzz Production", "echo", " Fuzz", "a#b"])),
+    "provider": maybe(
+        st.sampled_from(["echo", "openai", "anthropic", "custom", "gemini", "mistral", "nope"])
+    ),
+    "apiKey": maybe(st.sampled_from(["sk-fuzz-0123456789abcdef", ""]) | STORED_TEXT),
+    "model": maybe(CONNECTION_MODEL_ID | STORED_TEXT),
+    "baseUrl": maybe(
+        st.sampled_from(
+            ["http://127.0.0.1:9/v1", "https://u:p@h/v1", "ftp://h", "http://h/?q=1", "http://[::1"]
+        )
+        | STORED_TEXT
+    ),
+    "configuration": maybe(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "temperature": maybe(NUMBER),
+                "maxTokens": maybe(INTEGERS),
+                "max_tokens": maybe(INTEGERS),
+                "topP": maybe(NUMBER),
+                "stop": maybe(st.one_of(STORED_TEXT, st.lists(STORED_TEXT, max_size=6))),
+                "seed": maybe(INTEGERS),
+                "tools": ANY_JSON,
+            },
+        )
+    ),
+    "models": maybe(
+        st.lists(
+            st.fixed_dictionaries(
+                {"id": maybe(CONNECTION_MODEL_ID | STORED_TEXT)},
+                optional={
+                    "prompt_price": maybe(PRICE | FLOATS),
+                    "completion_price": maybe(PRICE),
+                    "context_length": maybe(INTEGERS),
+                    "max_output_length": maybe(INTEGERS),
+                    "fallbacks": maybe(st.lists(STORED_TEXT, max_size=2)),
+                    "name": maybe(STORED_TEXT),
+                },
+            ),
+            max_size=3,
+        )
+    ),
+    "status": maybe(st.sampled_from(["active", "disabled", "error"])),
+    "unknown": ANY_JSON,
+}
+
+
+@st.composite
+def connection_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """A connection body: mostly with its two required fields, and a few others."""
+    names = draw(st.lists(st.sampled_from(sorted(CONNECTION_FIELDS)), max_size=4, unique=True))
+    if draw(st.integers(0, 7)):
+        names = sorted({"name", "provider", *names})
+    return {name: draw(CONNECTION_FIELDS[name]) for name in names}
+
+
+CONNECTION_BODY = connection_bodies()
+#: a connection body that stores, and the fields a bad value of each may be blamed on: a
+#: kind names the key or URL it needs; a model left unpriced by a change of the kind or
+#: the list blames the default model; a longer name, the model ids it no longer fits
+GOOD_CONNECTION: dict[str, Any] = {"name": "Fuzz Field", "provider": "echo", "model": "fuzz-model"}
+BLAMED = {
+    "provider": {"provider", "apiKey", "baseUrl", "model"},
+    "models": {"models", "model"},
+    "name": {"name", "model", "models"},
+}
+
 
 @st.composite
 def one_field_wrong(draw: st.DrawFn) -> tuple[str, Any]:
@@ -352,6 +429,17 @@ ROUTES = [
     "/v1/keys/key_ffffffffffffffff/topup",
     "/v1/keys/me/rotate/extra",
     "/keys",
+    # provider connection routes (seed 003's envelope): config-echo is read-only, the
+    # other ids are unknown, so nothing the fuzz relies on is changed or deleted
+    "/v1/llm-providers",
+    "/llm-providers",
+    "/v1/llm-providers/config-echo",
+    "/llm-providers/config-echo/test",
+    "/v1/llm-providers/config-nope",
+    "/v1/llm-providers/prov-ffffffffffffffffffffffffffffffff",
+    "/llm-providers/prov-ffffffffffffffffffffffffffffffff/test",
+    "/v1/llm-providers/%00",
+    "/v1/llm-providers/x/y/z",
     "/health",
     "/v1/nowhere",
     "/nowhere",
@@ -400,10 +488,12 @@ def calls(draw: st.DrawFn) -> Call:
     )
     if content_type is not None:
         headers["Content-Type"] = content_type
-    body_kind = draw(st.sampled_from(["chat", "chat", "chat", "json", "bytes", "none"]))
+    body_kind = draw(st.sampled_from(["chat", "chat", "connection", "json", "bytes", "none"]))
     body: bytes | None
     if body_kind == "chat":
         body = encoded(draw(CHAT_BODY), draw)
+    elif body_kind == "connection":
+        body = encoded(draw(CONNECTION_BODY), draw)
     elif body_kind == "json":
         body = encoded(draw(ANY_JSON), draw)
     elif body_kind == "bytes":
@@ -483,8 +573,11 @@ def send_over_socket(gateway: Gateway, call: Call) -> WireAnswer:
         return WireAnswer(answer.status, mimetype, data)
 
 
-def assert_well_answered(gateway: Gateway, response: Any, *, method: str = "POST") -> None:
-    """No 5xx, no traceback logged, and any error in OpenAI's shape."""
+def assert_well_answered(
+    gateway: Gateway, response: Any, *, method: str = "POST", path: str = ""
+) -> None:
+    """No 5xx, no traceback logged, and any error in OpenAI's shape (below seed 003's
+    routes: in its envelope)."""
     body = response.get_data()
     tracebacks = [r for r in gateway.logged if r.exc_info]
     gateway.logged.clear()
@@ -498,7 +591,9 @@ def assert_well_answered(gateway: Gateway, response: Any, *, method: str = "POST
                 assert_error_shape(json.loads(line[6:]))
         return
     payload = json.loads(body)  # never HTML, never empty
-    if response.status_code >= 400:
+    if path.removeprefix("/v1").startswith("/llm-providers"):
+        assert_envelope(payload, response.status_code)
+    elif response.status_code >= 400:
         assert_error_shape(payload)
 
 
@@ -510,6 +605,19 @@ def assert_error_shape(payload: Any) -> None:
     assert isinstance(error["type"], str) and error["type"]
     assert error["param"] is None or isinstance(error["param"], str)
     assert error["code"] is None or isinstance(error["code"], str)
+
+
+def assert_envelope(payload: Any, status: int) -> None:
+    """Seed 003's envelope: ``data`` on success, ``error`` with code, message and field."""
+    if status < 400:
+        assert set(payload) == {"success", "data"} and payload["success"] is True, payload
+        return
+    assert set(payload) == {"success", "error"} and payload["success"] is False, payload
+    error = payload["error"]
+    assert set(error) == {"code", "message", "field"}, error
+    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["code"], str) and error["code"]
+    assert error["field"] is None or isinstance(error["field"], str)
 
 
 def assert_healthy(gateway: Gateway) -> None:
@@ -527,7 +635,7 @@ def assert_healthy(gateway: Gateway) -> None:
 def check_call(gateway: Gateway, *, wire: bool = False) -> Callable[[Call], None]:
     def check(call: Call) -> None:
         answer = send_over_socket(gateway, call) if wire else send(gateway, call)
-        assert_well_answered(gateway, answer, method=call.method)
+        assert_well_answered(gateway, answer, method=call.method, path=call.path)
 
     return check
 
@@ -571,6 +679,74 @@ def check_one_field(gateway: Gateway) -> Callable[[tuple[str, Any]], None]:
     return check
 
 
+def check_connection_field(gateway: Gateway, method: str) -> Callable[[tuple[str, Any]], None]:
+    """A good connection body (POST) or change (PATCH, of a connection made for it) with
+    one field set to anything: a 400 names that field, nothing is a 5xx."""
+    path = "/v1/llm-providers"
+    if method == "PATCH":
+        name = f"Fuzz Patched {uuid.uuid4().hex[:8]}"  # the long run makes one more
+        made = gateway.router.connections.create({**GOOD_CONNECTION, "name": name})
+        path += "/" + made.id
+
+    def check(case: tuple[str, Any]) -> None:
+        name, value = case
+        body = {**GOOD_CONNECTION, name: value} if method == "POST" else {name: value}
+        response = gateway.client.open(
+            path,
+            method=method,
+            data=json.dumps(body),
+            headers={
+                "Authorization": f"Bearer {gateway.keys['admin']}",
+                "Content-Type": "application/json",
+            },
+        )
+        assert_well_answered(gateway, response, path=path)
+        payload = response.get_json()
+        if response.status_code == 400:
+            blamed = payload["error"]["field"]
+            assert blamed, payload
+            assert blamed.partition("[")[0].partition(".")[0] in BLAMED.get(name, {name}), (
+                name,
+                payload,
+            )
+        if response.status_code == 201:  # stored: gone again, so the next one is new
+            gateway.router.connections.delete(payload["data"]["id"])
+
+    return check
+
+
+def connection_field_cases() -> st.SearchStrategy[tuple[str, Any]]:
+    names = st.sampled_from(sorted(CONNECTION_FIELDS))
+    return names.flatmap(lambda n: st.tuples(st.just(n), CONNECTION_FIELDS[n] | ANY_JSON))
+
+
+#: the free-text fields a connection stores, in a body otherwise good (so that it gets as
+#: far as the database, which refuses a lone surrogate)
+STORED_STRINGS = st.one_of(
+    st.tuples(
+        st.just("configuration"),
+        st.fixed_dictionaries({"stop": st.lists(STORED_TEXT, min_size=1, max_size=4)}),
+    ),
+    st.tuples(
+        st.just("models"),
+        st.lists(
+            st.fixed_dictionaries(
+                {"id": CONNECTION_MODEL_ID},
+                optional={
+                    "name": STORED_TEXT,
+                    "description": STORED_TEXT,
+                    "input_modalities": st.lists(STORED_TEXT, max_size=2),
+                    "supported_features": st.lists(STORED_TEXT, max_size=2),
+                    "supported_sampling_parameters": st.lists(STORED_TEXT, max_size=2),
+                },
+            ),
+            min_size=1,
+            max_size=2,
+        ),
+    ),
+)
+
+
 # --------------------------------------------------------------------------- the fuzz
 
 CHAT_CASES = st.tuples(CHAT_BODY, st.booleans())
@@ -588,6 +764,13 @@ def test_any_chat_body_is_answered_well(gateway: Gateway) -> None:
 
 def test_a_wrong_field_is_named(gateway: Gateway) -> None:
     run(500, one_field_wrong(), check_one_field(gateway))
+    assert_healthy(gateway)
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+def test_a_wrong_connection_field_is_named(gateway: Gateway, method: str) -> None:
+    run(200, connection_field_cases(), check_connection_field(gateway, method))
+    run(100, STORED_STRINGS, check_connection_field(gateway, method))
     assert_healthy(gateway)
 
 
@@ -612,4 +795,12 @@ def test_long_any_chat_body(gateway: Gateway) -> None:
 @pytest.mark.fuzz
 def test_long_a_wrong_field_is_named(gateway: Gateway) -> None:
     run(LONG_RUN_EXAMPLES, one_field_wrong(), check_one_field(gateway))
+    assert_healthy(gateway)
+
+
+@pytest.mark.fuzz
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+def test_long_a_wrong_connection_field_is_named(gateway: Gateway, method: str) -> None:
+    run(LONG_RUN_EXAMPLES, connection_field_cases(), check_connection_field(gateway, method))
+    run(LONG_RUN_EXAMPLES, STORED_STRINGS, check_connection_field(gateway, method))
     assert_healthy(gateway)
