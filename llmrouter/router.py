@@ -110,9 +110,9 @@ class Router:
             table_prefix=settings.table_prefix,
         )
         secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
-        if secret_key is None and self.store.count_connections():
+        if secret_key is None and self.store.count_stored_secrets():
             raise ConfigError(
-                "the database holds provider connections, whose API keys are stored "
+                "the database holds provider connections whose API keys are stored "
                 "encrypted under the router's secret_key: set secret_key (or "
                 "secret_key_env)",
                 key="secret_key",

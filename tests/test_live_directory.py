@@ -139,7 +139,6 @@ BAD_ROWS = [
     pytest.param({"name": "ECHO", "name_folded": "echo"}, id="name-of-a-config-provider"),
 ]
 #: rows the store itself cannot read: the snapshot is kept whole, newer rows wait
-UNREADABLE = {"models-not-json", "configuration-not-json"}
 
 
 @pytest.mark.parametrize("columns", BAD_ROWS)
@@ -181,24 +180,7 @@ def test_a_bad_row_never_breaks_the_snapshot(
         assert secret_value and secret_value not in caplog.text
 
 
-@pytest.mark.parametrize(
-    "columns",
-    [
-        p
-        if p.id not in UNREADABLE
-        else pytest.param(
-            *p.values,
-            id=p.id,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="ConnectionStore.list_connections raises for a row whose JSON "
-                "columns do not parse: no row after it can be read until _record "
-                "tolerates it",
-            ),
-        )
-        for p in BAD_ROWS
-    ],
-)
+@pytest.mark.parametrize("columns", BAD_ROWS)
 def test_a_bad_row_hides_no_connection_made_after_it(
     pair: tuple[Router, Router],
     secret: str,

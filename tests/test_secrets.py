@@ -226,6 +226,20 @@ def test_the_router_refuses_to_start_on_stored_connections_without_a_secret_key(
     assert main(["keys", "list", "--config", str(toml)]) == 2
 
 
+def test_connections_without_a_key_need_no_secret_key_to_start(
+    router_on: Callable[..., Router], fake_openai: FakeOpenAI, db: Path
+) -> None:
+    keyless = connection_fields(fake_openai, provider="custom")
+    del keyless["apiKey"]  # a local OpenAI-compatible server that asks for none
+    router_on().connections.create(keyless)
+
+    started = Router.from_config(config(db, None))  # nothing stored encrypted: it starts
+    try:
+        assert [c.name for c in started.connections.list()] == ["Upstream"]
+    finally:
+        started.close()
+
+
 def test_mask_shows_a_kind_prefix_and_four_characters_of_a_long_key_only() -> None:
     assert mask(UPSTREAM_KEY) == "sk-…cdef"
     assert mask("sk-proj-" + "x" * 40 + "abcd") == "sk-…abcd"

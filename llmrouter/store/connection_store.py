@@ -50,7 +50,11 @@ class ConnectionStatements:
         self.all = select(tables.connections).order_by(_c.created_at, _c.id)
         self.total_cost = select(_t.cost_nanos).where(_t.provider == bindparam("c_provider"))
         self.all_totals = select(_t.provider, _t.cost_nanos)
-        self.count = select(func.count()).select_from(tables.connections)
+        self.count_secrets = (
+            select(func.count())
+            .select_from(tables.connections)
+            .where(_c.api_key_encrypted.is_not(None))
+        )
 
 
 class ConnectionStore:
@@ -75,9 +79,10 @@ class ConnectionStore:
             totals = {p: c for p, c in conn.execute(sql.all_totals).all()}
         return version, [_record(row, totals.get(row.name, 0)) for row in rows]
 
-    def count_connections(self) -> int:
+    def count_stored_secrets(self) -> int:
+        """How many connections hold an encrypted API key."""
         with self.transaction(read_only=True) as conn:
-            return int(conn.execute(self._connections.count).scalar() or 0)
+            return int(conn.execute(self._connections.count_secrets).scalar() or 0)
 
     def get_connection(self, connection_id: str) -> ConnectionRecord:
         with self.transaction(read_only=True) as conn:
