@@ -159,7 +159,7 @@ def test_a_router_built_before_a_fork_serves_in_every_child(database_url: str) -
     # worker must talk to the database on sockets of its own, not on the master's.
     config = gateway_config(database_url=database_url, quota={"daily_requests": 10_000})
     router = Router.from_config(config)
-    secret = router.create_key("forked")[1]
+    key, secret = router.create_key("forked")
     router.chat(model="echo#echo", messages=HI, api_key=secret)  # a pooled connection now
     children = []
     for _ in range(3):
@@ -178,6 +178,6 @@ def test_a_router_built_before_a_fork_serves_in_every_child(database_url: str) -
     codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
     try:
         assert codes == [0, 0, 0]
-        assert sum(row.requests for row in router.usage()) == 1 + 20 + 3 * 20
+        assert sum(row.requests for row in router.usage(key_id=key.id)) == 1 + 20 + 3 * 20
     finally:
         router.close()
