@@ -13,9 +13,8 @@ from decimal import Decimal
 from typing import Any, Literal, overload
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
-from .billing import Prices, estimate_usage, reservation_nanos, usage_or_estimate, usd_to_nanos
+from .billing import estimate_usage, reservation_nanos, usage_or_estimate, usd_to_nanos
 from .config import CONNECTION_DEFAULTS, Settings, load_settings, source_label
 from .connections import Connections
 from .dispatch import Dispatcher
@@ -24,16 +23,14 @@ from .errors import (
     ConfigError,
     InvalidRequestError,
     LLMRouterError,
-    ModelNotAllowedError,
     ModelNotFoundError,
     NotFoundError,
     PermissionDeniedError,
-    StoreUnavailableError,
-    UpstreamError,
 )
 from .keys import KeyAuthenticator, KeyChanges, changes_of, parse_fields
 from .metering import MeteredStream, StreamEnd
 from .naming import ModelCatalog, Target
+from .phases import RequestPhases
 from .providers.base import ChunkStream
 from .providers.directory import ProviderDirectory
 from .providers.live_directory import LiveDirectory
@@ -43,17 +40,13 @@ from .schemas import (
     ChatRequest,
     ModelCard,
     ModelList,
-    Usage,
     parse_chat_request,
 )
 from .secrets import SecretBox
 from .settlement_queue import SettlementQueue
 from .store import (
-    Admission,
-    AdmissionKind,
     KeyRecord,
     ProviderTotal,
-    Settlement,
     Store,
     SweptCall,
     Ticket,
@@ -64,9 +57,6 @@ log = logging.getLogger("llmrouter")
 #: how long past its last possible attempt a call's pending row waits before the sweeper
 #: may close it: time for its settlement to be written (and retried) after the call ended
 SETTLE_GRACE_SECONDS = 60.0
-#: token counts are bounded so a provider reporting nonsense (negative, or past an INTEGER
-#: column) can neither pay a key nor fail an answered call
-MAX_TOKENS_REPORTED = 2**31 - 1
 
 
 @dataclass
@@ -132,6 +122,10 @@ class Router:
         self.keys = KeyAuthenticator(self.store, ttl_seconds=settings.key_cache_seconds)
         self._clock = clock
         self._settlements = SettlementQueue()
+        #: admit -> ticket -> dispatch -> settle or release (``phases.py``)
+        self.phases = RequestPhases(
+            self.store, self.quota, self.keys, self._now_ms, self._settlements
+        )
         # No call can last longer: an attempt may start just before max_call_seconds and
         # then run for its provider's connect and read timeouts.
         longest_attempt = max(
@@ -251,16 +245,16 @@ class Router:
         directory, target = self._resolve(request.model)
         request = _with_defaults(request, directory.request_defaults(target.provider))
         targets = [target, *directory.catalog.fallbacks(target)]
-        key, targets = self._allowed_targets(key, targets)
+        key, targets = self.phases.allowed_targets(key, targets)
         reserve = max(reservation_nanos(request, t.model) for t in targets)
-        admission, targets = self._admit(key, targets, reserve)
-        rate_limit = self.quota.check(admission, needed_nanos=reserve)
-        ticket = admission.ticket
-        assert ticket is not None  # quota.check raised for a request not admitted
-        if admission.kind is not AdmissionKind.CREDITS:
-            # Only a paid call may be served by a premium model, a fallback included (the
-            # primary is never premium here: premium is paid for or refused at admission).
-            targets = [t for t in targets if not t.model.premium]
+        admitted = self.phases.admit(
+            key,
+            targets,
+            reserve,
+            request_id="chatcmpl-" + uuid.uuid4().hex,
+            lifetime_ms=int(self._ticket_lifetime * 1000),
+        )
+        ticket, rate_limit, targets = admitted.ticket, admitted.rate_limit, admitted.targets
         deadline = time.monotonic() + self.settings.max_call_seconds
         try:
             if request.stream:
@@ -272,7 +266,7 @@ class Router:
                     request, targets, directory, deadline=deadline
                 )
         except BaseException as exc:
-            self._dispatch_failed(ticket, targets[0], exc)
+            self.phases.dispatch_failed(ticket, targets[0], exc)
             if isinstance(exc, LLMRouterError):
                 exc.headers = {**rate_limit.headers(), **exc.headers}
             raise
@@ -284,62 +278,9 @@ class Router:
                 ticket.request_id,
             )
         usage, estimated = usage_or_estimate(request, completion)
-        cost = self._settle(ticket, served, "ok", usage, estimated)
+        cost = self.phases.settle(ticket, served, "ok", usage, estimated)
         completion.model = served.public_id
         return ChatResult(completion, rate_limit, served.provider, ticket.request_id, cost)
-
-    def _allowed_targets(
-        self, key: KeyRecord, targets: list[Target]
-    ) -> tuple[KeyRecord, list[Target]]:
-        """The targets ``key`` may call: the primary or a 403, and the fallbacks its
-        restrictions allow. A refusal is checked on the key read afresh (a cached record
-        may predate a restriction lifted in another process)."""
-        primary = targets[0]
-        if not key.allows(primary.provider, primary.public_id):
-            key = self.keys.refresh(key)
-            if not key.allows(primary.provider, primary.public_id):
-                raise ModelNotAllowedError(
-                    f"This API key may not use the model '{primary.public_id}'.", param="model"
-                )
-        return key, [t for t in targets if key.allows(t.provider, t.public_id)]
-
-    def _admit(
-        self, key: KeyRecord, targets: list[Target], reserve: int
-    ) -> tuple[Admission, list[Target]]:
-        """The admission of a call to ``targets`` (allowed by ``key``'s restrictions), and
-        the targets allowed by the key as the statement found it. The statement refuses a
-        secret rotated away (401 here) and a decision made on restrictions changed
-        meanwhile, in any process; then the key is read again and the decision made again
-        (a few times at most: the restrictions would have to change again each time)."""
-        target = targets[0]
-        for _ in range(3):
-            now = self._now_ms()
-            try:
-                admission = self.store.admit(
-                    key.id,
-                    request_id="chatcmpl-" + uuid.uuid4().hex,
-                    now=now,
-                    deadline_at=now + int(self._ticket_lifetime * 1000),
-                    defaults=self.quota.defaults,
-                    reserve_nanos=reserve,
-                    premium=target.model.premium,
-                    provider=target.provider,
-                    model=target.public_id,
-                    upstream_model=target.upstream_model,
-                    secret_hash=key.secret_hash,
-                    restrictions_version=key.restrictions_version,
-                )
-            except NotFoundError:
-                # Rotated or revoked by another process while this one had the key cached.
-                if key.secret_hash is not None:
-                    self.keys.forget(key.secret_hash)
-                raise AuthenticationError("This API key's secret was rotated or revoked.") from None
-            if admission.kind is not AdmissionKind.STALE_RESTRICTIONS:
-                return admission, targets
-            key, targets = self._allowed_targets(self.keys.refresh(key), targets)
-        raise StoreUnavailableError(
-            "This API key's restrictions kept changing while the request was admitted; try again."
-        )
 
     def _metered(
         self,
@@ -350,7 +291,9 @@ class Router:
         deadline: float,
     ) -> MeteredStream:
         def on_end(end: StreamEnd) -> None:
-            self._settle(ticket, served, end.status, end.usage, end.usage_estimated, end.error)
+            self.phases.settle(
+                ticket, served, end.status, end.usage, end.usage_estimated, end.error
+            )
 
         stream = MeteredStream(
             upstream,
@@ -363,65 +306,6 @@ class Router:
         )
         self._settlements.track(stream)
         return stream
-
-    def _dispatch_failed(self, ticket: Ticket, target: Target, exc: BaseException) -> None:
-        """Account for a request no provider served: a failed call in the ledger, or, when
-        no provider could even take the request, no call at all."""
-        if isinstance(exc, UpstreamError) and not exc.is_call:
-            self._write(lambda: self.store.release(ticket), f"release of {ticket.request_id}")
-            return
-        message = exc.message if isinstance(exc, LLMRouterError) else type(exc).__name__
-        self._settle(ticket, target, "failed", Usage(), False, message)
-
-    def _settle(
-        self,
-        ticket: Ticket,
-        served: Target,
-        status: str,
-        usage: Usage,
-        estimated: bool,
-        error: str | None = None,
-    ) -> int:
-        """Settle the call (now, or in the background while the database is away); returns
-        its cost."""
-        if status == "failed":  # nothing was delivered: nothing is billed
-            usage, estimated = Usage(), False
-        prompt = min(max(usage.prompt_tokens, 0), MAX_TOKENS_REPORTED)
-        completion = min(max(usage.completion_tokens, 0), MAX_TOKENS_REPORTED)
-        cost = Prices.of(served.model).cost_nanos(prompt, completion)
-        settlement = Settlement(
-            ticket=ticket,
-            provider=served.provider,
-            model=served.public_id,
-            upstream_model=served.upstream_model,
-            status=status,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            usage_estimated=estimated,
-            cost_nanos=cost,
-            finished_at=self._now_ms(),
-            error=error,
-        )
-        self._write(lambda: self._settle_once(settlement), f"settlement of {ticket.request_id}")
-        return cost
-
-    def _settle_once(self, settlement: Settlement) -> None:
-        if not self.store.settle(settlement):
-            # Settled already (a retry whose first write went through): nothing moves twice.
-            log.info("settlement of %s was already written", settlement.request_id)
-
-    def _write(self, write: Callable[[], object], what: str) -> None:
-        """Write now, or, while the database is unavailable, in the background until it is
-        back (the caller is answered either way; the pending row holds the money). A write
-        the database refuses for another reason is logged and its row left to the sweeper:
-        an answered call is never failed by its bookkeeping."""
-        try:
-            write()
-        except StoreUnavailableError:
-            log.warning("%s deferred: the database is unavailable", what)
-            self._settlements.submit(write, what)
-        except SQLAlchemyError:
-            log.exception("%s failed; its pending row is left to the sweeper", what)
 
     def sweep(self, *, older_than: float | None = None) -> list[SweptCall]:
         """Close the calls left ``pending`` past their deadline (``max_call_seconds``, plus
