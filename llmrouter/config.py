@@ -70,6 +70,27 @@ class ModelSettings(_Strict):
     supported_features: list[str] = ["streaming"]
     premium: bool = False
     fallbacks: list[str] = []
+    # ---- video models (``output_modalities = ["video"]``, on an ``ark`` or ``openrouter``
+    # provider): what a task may ask for, and its price — per token (``completion_price``,
+    # as Ark bills) or per second by resolution (``price_per_second``)
+    resolutions: list[str] = []
+    ratios: list[str] = []
+    min_duration: int = Field(default=1, ge=1, le=3600)
+    max_duration: int = Field(default=12, ge=1, le=3600)
+    default_duration: int | None = Field(default=None, ge=1, le=3600)
+    fps: int = Field(default=24, ge=1, le=240)
+    price_per_second: dict[str, Decimal] = {}
+
+    @field_validator("price_per_second", mode="before")
+    @classmethod
+    def _second_prices(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: _decimal_price(v) for k, v in value.items()}
+        return value
+
+    @property
+    def is_video(self) -> bool:
+        return "video" in self.output_modalities
 
     _price = field_validator("prompt_price", "completion_price", mode="before")(
         classmethod(lambda cls, v: _decimal_price(v))
