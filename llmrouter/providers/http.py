@@ -1,5 +1,6 @@
 """The HTTP transport adapters share: a pooled ``requests.Session`` with connect/read
-timeouts, and the mapping of transport failures and error statuses to ``Upstream*`` errors,
+timeouts, one bounded read of every answer whatever its method (POST, GET, DELETE), and the
+mapping of transport failures and error statuses to ``Upstream*`` errors,
 each with its scope, and with the provider's secrets cut out of the upstream's words.
 
 Statuses: 400, 404, 413, 422 are the request's fault (``UpstreamRejectedError``; a 404 is
@@ -19,10 +20,13 @@ import math
 import os
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 import requests
+from pydantic import BaseModel, ValidationError
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
 
@@ -44,6 +48,8 @@ MAX_ERROR_BYTES = 64 * 1024
 MAX_MESSAGE_CHARS = 500
 
 log = logging.getLogger("llmrouter")
+
+Shape = TypeVar("Shape", bound=BaseModel)
 
 
 class HTTPTransport:
@@ -68,7 +74,26 @@ class HTTPTransport:
     def post(self, url: str, body: dict[str, Any], headers: dict[str, str]) -> bytes:
         """POST ``body`` as JSON and return the answer's body, or raise the matching
         upstream error. An answer over ``max_answer_bytes`` is refused, not read."""
-        response = self._send(url, body, headers)
+        return self.request("POST", url, headers, body)
+
+    def get(self, url: str, headers: dict[str, str]) -> bytes:
+        """GET ``url``: the answer's body, read and refused as ``post`` does."""
+        return self.request("GET", url, headers)
+
+    def delete(self, url: str, headers: dict[str, str]) -> bytes:
+        """DELETE ``url``: the answer's body, read and refused as ``post`` does."""
+        return self.request("DELETE", url, headers)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: dict[str, Any] | None = None,
+    ) -> bytes:
+        """One call of any method (``body``, when given, sent as JSON): the answer's body,
+        at most ``max_answer_bytes`` of it, or the matching upstream error."""
+        response = self._send(method, url, headers, body)
         try:
             return _read_at_most(response, self.max_answer_bytes, self.provider)
         finally:
@@ -78,15 +103,23 @@ class HTTPTransport:
         self, url: str, body: dict[str, Any], headers: dict[str, str]
     ) -> requests.Response:
         """POST ``body`` as JSON and return the open response of a stream (close it)."""
-        return self._send(url, body, headers)
+        return self._send("POST", url, headers, body)
 
-    def _send(self, url: str, body: dict[str, Any], headers: dict[str, str]) -> requests.Response:
-        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-        headers = {"Content-Type": "application/json", **headers}
+    def _send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: dict[str, Any] | None = None,
+    ) -> requests.Response:
+        data = None
+        if body is not None:
+            data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+            headers = {"Content-Type": "application/json", **headers}
         try:
             # Always streamed: bodies are read here, with a bound, never whole by requests.
-            response = self.session.post(
-                url, data=data, headers=headers, timeout=self.timeout, stream=True
+            response = self.session.request(
+                method, url, data=data, headers=headers, timeout=self.timeout, stream=True
             )
         except requests.ConnectTimeout as exc:
             raise UpstreamError(
@@ -205,6 +238,21 @@ class HTTPTransport:
             upstream_status=status,
         )
 
+    def parsed(self, shape: type[Shape], body: bytes, what: str) -> Shape:
+        """``body`` read as the wire shape ``shape`` (a pydantic model; numbers exact, see
+        ``json_object``), or ``UpstreamError`` naming the first field that does not fit."""
+        answer = json_object(body, self.provider)
+        try:
+            return shape.model_validate(answer)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = ".".join(str(p) for p in error["loc"]) or "the answer"
+            raise UpstreamError(
+                f"{self.provider} sent {what} that does not fit: "
+                + self.redacted(f"{field}: {error['msg']}"),
+                provider=self.provider,
+            ) from exc
+
     def close(self) -> None:
         self.session.close()
 
@@ -217,6 +265,33 @@ def upstream_message(body: bytes) -> str:
     except ValueError:
         return body.decode(errors="replace").strip()
     return message_of(parsed) or json.dumps(parsed)
+
+
+def path_segment(value: str) -> str:
+    """``value`` (an upstream's task id, say) as one quoted URL path segment, so that no
+    id can reach another route (``../``, ``?``, ``#``)."""
+    return quote(value, safe="")
+
+
+def json_object(body: bytes, provider: str) -> dict[str, Any]:
+    """An answer's JSON object, every number with a fraction or an exponent read as an
+    exact ``Decimal`` (never a float: money and token counts stay exact), or
+    ``UpstreamError`` for anything else: not JSON, not an object, ``NaN`` or ``Infinity``."""
+
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON number")
+
+    try:
+        parsed = json.loads(body, parse_float=Decimal, parse_constant=no_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise UpstreamError(
+            f"{provider} sent an answer that is not JSON", provider=provider
+        ) from exc
+    if not isinstance(parsed, dict):
+        raise UpstreamError(
+            f"{provider} sent an answer that is not a JSON object", provider=provider
+        )
+    return parsed
 
 
 def _read_at_most(response: requests.Response, limit: int, provider: str | None = None) -> bytes:

@@ -18,6 +18,8 @@ _BUILTIN_MODULES = {
     "anthropic": "llmrouter.providers.anthropic",
     "gemini": "llmrouter.providers.gemini",
     "mistral": "llmrouter.providers.mistral",
+    "ark": "llmrouter.providers.ark",
+    "openrouter": "llmrouter.providers.openrouter_video",
 }
 _REGISTRY: dict[str, type[ProviderAdapter]] = {}
 
