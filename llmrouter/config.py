@@ -196,6 +196,10 @@ class Settings(_Strict):
     #: how often a process looks for provider connections changed by another (0: only when
     #: a name misses; an in-memory database never does, having no other process)
     directory_refresh_seconds: float = Field(default=1.0, ge=0, le=3600)
+    #: a video task is polled upstream at most this often, whatever the clients do
+    video_poll_seconds: float = Field(default=1.5, gt=0, le=600)
+    #: a video task not ended this long after its creation is ended as expired
+    video_task_expiry_seconds: float = Field(default=86400.0, ge=60, le=30 * 86400)
     #: how often ``llmrouter serve`` sweeps abandoned calls (0: never; see ``Router.sweep``)
     sweep_every_seconds: float = Field(default=60.0, ge=0)
     quota: QuotaSettings = QuotaSettings()

@@ -10,7 +10,7 @@ from .billing import price_string
 from .config import ModelSettings, ProviderSettings
 from .errors import ConfigError, InvalidRequestError, ModelNotFoundError
 from .price_table import table_price
-from .schemas import ModelCard, Pricing
+from .schemas import ModelCard, Pricing, VideoTerms
 
 #: the longest names the ledger's columns take: a whole name, and its model id
 MAX_MODEL_NAME = 300
@@ -162,4 +162,16 @@ def _card(shown_id: str, target: Target) -> ModelCard:
         output_modalities=model.output_modalities,
         supported_sampling_parameters=model.supported_sampling_parameters,
         supported_features=model.supported_features,
+        video=_video_terms(model) if model.is_video else None,
+    )
+
+
+def _video_terms(model: ModelSettings) -> VideoTerms:
+    return VideoTerms(
+        resolutions=model.resolutions,
+        ratios=model.ratios,
+        min_duration=model.min_duration,
+        max_duration=model.max_duration,
+        fps=model.fps,
+        price_per_second={r: price_string(p) for r, p in model.price_per_second.items()} or None,
     )

@@ -81,12 +81,20 @@ class RequestPhases:
         *,
         request_id: str,
         lifetime_ms: int,
+        paid_only: bool = False,
     ) -> Admitted:
         """Admit a call to ``targets[0]`` (its fallbacks after it) for ``key``, reserving
         ``reserve_nanos`` when it is paid; its ticket lives ``lifetime_ms`` before the
-        sweeper may close it. A refusal raises (401, 403, 402, 429), with nothing taken."""
+        sweeper may close it. ``paid_only``: paid from the balance whatever the allowance
+        (as a premium model is; a video always is). A refusal raises (401, 403, 402, 429),
+        with nothing taken."""
         admission, targets = self._admission(
-            key, targets, reserve_nanos, request_id=request_id, lifetime_ms=lifetime_ms
+            key,
+            targets,
+            reserve_nanos,
+            request_id=request_id,
+            lifetime_ms=lifetime_ms,
+            paid_only=paid_only,
         )
         rate_limit = self._quota.check(admission, needed_nanos=reserve_nanos)
         ticket = admission.ticket
@@ -120,6 +128,7 @@ class RequestPhases:
         *,
         request_id: str,
         lifetime_ms: int,
+        paid_only: bool,
     ) -> tuple[Admission, list[Target]]:
         """The admission of a call to ``targets`` (allowed by ``key``'s restrictions), and
         the targets allowed by the key as the statement found it. The statement refuses a
@@ -137,7 +146,7 @@ class RequestPhases:
                     deadline_at=now + lifetime_ms,
                     defaults=self._quota.defaults,
                     reserve_nanos=reserve,
-                    premium=target.model.premium,
+                    premium=paid_only or target.model.premium,
                     provider=target.provider,
                     model=target.public_id,
                     upstream_model=target.upstream_model,

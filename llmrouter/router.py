@@ -52,6 +52,7 @@ from .store import (
     Ticket,
     UsageRow,
 )
+from .video import VideoTasks
 
 log = logging.getLogger("llmrouter")
 #: how long past its last possible attempt a call's pending row waits before the sweeper
@@ -109,6 +110,8 @@ class Router:
             )
         #: provider connections managed at run time (seed 003)
         self.connections = Connections(self, SecretBox(secret_key) if secret_key else None)
+        #: async video tasks (seed 001)
+        self.video = VideoTasks(self, secret_key)
         # Read once per request (``self.directory``), replaced in one step when it changes.
         self._live = LiveDirectory(
             settings.providers,
@@ -243,6 +246,13 @@ class Router:
         request = body if isinstance(body, ChatRequest) else parse_chat_request(body)
         # this request's snapshot, whatever changes meanwhile
         directory, target = self._resolve(request.model)
+        if target.model.is_video:
+            raise InvalidRequestError(
+                f"The model '{target.public_id}' is a video model: create a video task "
+                "(POST /v1/contents/generations/tasks) instead.",
+                param="model",
+                code="video_model",
+            )
         request = _with_defaults(request, directory.request_defaults(target.provider))
         targets = [target, *directory.catalog.fallbacks(target)]
         key, targets = self.phases.allowed_targets(key, targets)

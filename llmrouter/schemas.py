@@ -337,6 +337,17 @@ class Pricing(BaseModel):
     completion: str
 
 
+class VideoTerms(BaseModel):
+    """What a video model's tasks may ask for, and its price per second by resolution."""
+
+    resolutions: list[str]
+    ratios: list[str]
+    min_duration: int
+    max_duration: int
+    fps: int
+    price_per_second: dict[str, str] | None = None
+
+
 class ModelCard(BaseModel):
     """One entry of ``GET /v1/models`` (seed 001's fields plus OpenAI's ``object``/``owned_by``)."""
 
@@ -353,6 +364,8 @@ class ModelCard(BaseModel):
     output_modalities: list[str]
     supported_sampling_parameters: list[str]
     supported_features: list[str]
+    #: a video model's terms (``output_modalities: ["video"]``)
+    video: VideoTerms | None = None
 
 
 class ModelList(BaseModel):

@@ -14,6 +14,7 @@ from .records import (
     SweptCall,
     Ticket,
     UsageRow,
+    VideoTaskRecord,
 )
 from .store import Store
 
@@ -32,5 +33,6 @@ __all__ = [
     "SweptCall",
     "Ticket",
     "UsageRow",
+    "VideoTaskRecord",
     "hash_secret",
 ]

@@ -239,3 +239,36 @@ class SessionRecord:
     updated_at: int
     message_count: int
     messages: tuple[ChatMessageRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class VideoTaskRecord:
+    """A video task as the store holds it (times: Unix milliseconds)."""
+
+    id: str
+    key_id: str
+    #: its admission ticket's ledger row
+    request_id: str
+    provider: str
+    model: str
+    upstream_model: str
+    upstream_id: str | None
+    status: str
+    progress: int | None
+    video_url: str | None
+    video_expires_at: int | None
+    error: str | None
+    prompt: str
+    duration: int
+    resolution: str
+    ratio: str
+    images: tuple[dict[str, str], ...]
+    reserved_nanos: int
+    cost_nanos: int | None
+    charged_nanos: int | None
+    idempotency_key: str | None
+    body_hash: str | None
+    created_at: int
+    updated_at: int
+    polled_at: int
+    expires_at: int

@@ -31,6 +31,7 @@ from .records import (
 from .session_store import SessionStatements, SessionStore
 from .settlement import SettlementStatements
 from .tables import DEFAULT_PREFIX, Tables, build_tables
+from .video_store import VideoTaskStore
 
 #: the ``error`` of a row the sweeper closed
 ABANDONED_REASON = (
@@ -39,7 +40,7 @@ ABANDONED_REASON = (
 )
 
 
-class Store(KeyStore, ConnectionStore, SessionStore):
+class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
     """One SQL database (SQLite, PostgreSQL, MariaDB/MySQL) holding keys, quotas and money.
 
     ``engine``: the host's own engine instead of one made from ``database_url`` (which is

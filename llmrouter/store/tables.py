@@ -67,6 +67,7 @@ class Tables:
     directory_version: Table
     chat_sessions: Table
     chat_messages: Table
+    video_tasks: Table
 
     @property
     def version_table(self) -> str:
@@ -221,6 +222,47 @@ def build_tables(prefix: str = DEFAULT_PREFIX) -> Tables:
         Column("request_id", String(64), nullable=True),
         Column("created_at", BigInteger, nullable=False),
     )
+    # An async video task: its admission ticket (the ledger row ``request_id``, pending
+    # until the task ends) and what the provider last said of it.
+    video_tasks = Table(
+        prefix + "video_tasks",
+        metadata,
+        Column("id", String(40), primary_key=True),
+        Column("key_id", String(32), nullable=False),
+        Column("request_id", String(64), nullable=False, unique=True),
+        Column("provider", String(100), nullable=False),
+        Column("model", String(320), nullable=False),
+        Column("upstream_model", String(200), nullable=False),
+        # the provider's task id: NULL while the create call is in flight
+        Column("upstream_id", String(200), nullable=True),
+        # submitting | queued | running | succeeded | failed | cancelled | expired
+        Column("status", String(16), nullable=False),
+        Column("progress", SmallInteger, nullable=True),
+        Column("video_url", Text, nullable=True),
+        Column("video_expires_at", BigInteger, nullable=True),
+        Column("error", String(500), nullable=True),
+        Column("prompt", Text, nullable=False),
+        Column("duration", Integer, nullable=False),
+        Column("resolution", String(16), nullable=False),
+        Column("ratio", String(16), nullable=False),
+        Column("images", Text, nullable=False),  # JSON: [{"url", "role"}]
+        Column("reserved_nanos", BigInteger, nullable=False),
+        # when it ended: what the provider's report comes to, and what the key paid (never
+        # above the reservation)
+        Column("cost_nanos", BigInteger, nullable=True),
+        Column("charged_nanos", BigInteger, nullable=True),
+        Column("idempotency_key", String(200), nullable=True),
+        Column("body_hash", String(64), nullable=True),
+        Column("created_at", BigInteger, nullable=False),
+        Column("updated_at", BigInteger, nullable=False),
+        # when a process last asked the provider (a poll claims the task by moving it)
+        Column("polled_at", BigInteger, nullable=False),
+        # past this the task is ended as expired, whatever the provider says
+        Column("expires_at", BigInteger, nullable=False),
+        Index(None, "key_id", "created_at"),
+        Index(None, "key_id", "idempotency_key", unique=True),
+        Index(None, "status", "expires_at"),
+    )
     return Tables(
         prefix,
         metadata,
@@ -232,6 +274,7 @@ def build_tables(prefix: str = DEFAULT_PREFIX) -> Tables:
         directory_version,
         chat_sessions,
         chat_messages,
+        video_tasks,
     )
 
 
@@ -246,3 +289,4 @@ connections = _default.connections
 directory_version = _default.directory_version
 chat_sessions = _default.chat_sessions
 chat_messages = _default.chat_messages
+video_tasks = _default.video_tasks
