@@ -1,4 +1,5 @@
-"""The background sweeper of ``llmrouter serve``: ``Router.sweep()`` every few seconds.
+"""The background sweeper of ``llmrouter serve``: ``Router.sweep()`` and the video tasks'
+``router.video.sweep()`` every few seconds.
 
 Sweeping is idempotent and safe from any number of processes at once (each pending row is
 closed by one conditional UPDATE), so every serving process may run one.
@@ -46,3 +47,9 @@ class Sweeper:
                     call.key_id,
                     call.released_nanos,
                 )
+            try:  # the video tasks nobody polls: polled, ended, settled
+                self._router.video.sweep()
+            except StoreUnavailableError:
+                continue
+            except Exception:
+                log.exception("sweeping video tasks failed")

@@ -15,6 +15,7 @@ from .access import admin, caller, json_object
 from .connection_routes import CONNECTION_ROUTES
 from .route import Route
 from .session_routes import SESSION_ROUTES
+from .video_routes import VIDEO_ROUTES
 from .wire import Request, Response, event_stream, json_response
 
 
@@ -173,5 +174,6 @@ ROUTES = (
     Route("DELETE", "/keys/{key_id}", revoke_key, "revoke a key (admin)"),
     *CONNECTION_ROUTES,
     *SESSION_ROUTES,
+    *VIDEO_ROUTES,
 )
 HEALTH = Route("GET", "", health, "liveness and the database's health")
