@@ -1,14 +1,16 @@
 """Fixtures for video tasks: the fake Ark and OpenRouter upstreams on loopback (one server
 each per session, emptied for every test) and adapters built on them.
 
-Use them by importing the fixtures into a test module::
+A test module uses them by naming this module as its plugin (importing nothing from it)::
 
-    from tests.video_fixtures import ark_adapter, fake_ark  # noqa: F401
+    pytest_plugins = ["tests.video_fixtures"]
+
+``fake_ark.provider()`` and ``fake_openrouter.provider()`` give a Router's provider entry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -21,6 +23,8 @@ from tests.upstreams.openrouter_server import FakeOpenRouter, serve_fake_openrou
 
 ARK_KEY = "ark-upstream-test-0123456789abcdef"
 OPENROUTER_KEY = "sk-or-v1-upstream-test-0123456789abcdef"
+
+AdapterFactory = Callable[..., VideoAdapter]
 
 
 @pytest.fixture(scope="session")
@@ -51,43 +55,36 @@ def fake_openrouter(_openrouter_server: FakeOpenRouter) -> FakeOpenRouter:
     return _openrouter_server
 
 
-def ark_provider(fake: FakeArk, **overrides: Any) -> dict[str, Any]:
-    """A ``[[providers]]`` entry of kind ark on ``fake`` (a dict, for a Router's config)."""
-    return {
-        "name": "Ark",
-        "kind": "ark",
-        "base_url": fake.base_url,
-        "api_key": ARK_KEY,
-        **overrides,
-    }
+def _factory(provider: Callable[..., dict[str, Any]]) -> Iterator[AdapterFactory]:
+    built: list[VideoAdapter] = []
 
+    def build(**overrides: Any) -> VideoAdapter:
+        adapter = build_adapter(ProviderSettings.model_validate(provider(**overrides)))
+        assert isinstance(adapter, VideoAdapter)
+        built.append(adapter)
+        return adapter
 
-def openrouter_provider(fake: FakeOpenRouter, **overrides: Any) -> dict[str, Any]:
-    """A ``[[providers]]`` entry of kind openrouter on ``fake``."""
-    return {
-        "name": "OpenRouter",
-        "kind": "openrouter",
-        "base_url": fake.base_url,
-        "api_key": OPENROUTER_KEY,
-        **overrides,
-    }
-
-
-def video_adapter(provider: dict[str, Any]) -> VideoAdapter:
-    adapter = build_adapter(ProviderSettings.model_validate(provider))
-    assert isinstance(adapter, VideoAdapter)
-    return adapter
+    yield build
+    for adapter in built:
+        adapter.close()
 
 
 @pytest.fixture
-def ark_adapter(fake_ark: FakeArk) -> Iterator[VideoAdapter]:
-    adapter = video_adapter(ark_provider(fake_ark))
-    yield adapter
-    adapter.close()
+def make_ark_adapter(fake_ark: FakeArk) -> Iterator[AdapterFactory]:
+    """Builds ark adapters on the fake, provider settings overridden (closed after the test)."""
+    yield from _factory(fake_ark.provider)
 
 
 @pytest.fixture
-def openrouter_adapter(fake_openrouter: FakeOpenRouter) -> Iterator[VideoAdapter]:
-    adapter = video_adapter(openrouter_provider(fake_openrouter))
-    yield adapter
-    adapter.close()
+def make_openrouter_adapter(fake_openrouter: FakeOpenRouter) -> Iterator[AdapterFactory]:
+    yield from _factory(fake_openrouter.provider)
+
+
+@pytest.fixture
+def ark_adapter(make_ark_adapter: AdapterFactory) -> VideoAdapter:
+    return make_ark_adapter()
+
+
+@pytest.fixture
+def openrouter_adapter(make_openrouter_adapter: AdapterFactory) -> VideoAdapter:
+    return make_openrouter_adapter()

@@ -52,6 +52,17 @@ class FakeArk:
         """What an ``ark`` provider's ``base_url`` is set to."""
         return self.url + "/api/v3"
 
+    def provider(self, **overrides: Any) -> dict[str, Any]:
+        """A ``[[providers]]`` entry of kind ark on this fake (a dict: a Router's config
+        takes it as it is, ``ProviderSettings.model_validate`` too)."""
+        return {
+            "name": "Ark",
+            "kind": "ark",
+            "base_url": self.base_url,
+            "api_key": self.api_key,
+            **overrides,
+        }
+
     def reset(self) -> None:
         self.script.clear()
         self.book.reset()

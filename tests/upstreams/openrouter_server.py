@@ -58,6 +58,17 @@ class FakeOpenRouter:
         """What an ``openrouter`` provider's ``base_url`` is set to."""
         return self.url + "/api/v1"
 
+    def provider(self, **overrides: Any) -> dict[str, Any]:
+        """A ``[[providers]]`` entry of kind openrouter on this fake (a dict: a Router's config
+        takes it as it is, ``ProviderSettings.model_validate`` too)."""
+        return {
+            "name": "OpenRouter",
+            "kind": "openrouter",
+            "base_url": self.base_url,
+            "api_key": self.api_key,
+            **overrides,
+        }
+
     def reset(self) -> None:
         self.script.clear()
         self.book.reset()
