@@ -1,5 +1,5 @@
-"""The ``llmrouter`` command: serve the API, manage keys and credits, report usage,
-re-encrypt stored provider secrets, migrate the database."""
+"""The ``llmrouter`` command: serve the API, manage keys and credits, report usage, sweep
+abandoned calls and video tasks, re-encrypt stored provider secrets, migrate the database."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from .errors import ConfigError, LLMRouterError
 from .keys import key_view
 from .router import Router
 from .secrets import rotate_secrets
-from .store import KeyRecord, Store
+from .store import KeyRecord, Store, VideoTaskRecord
 
 
 @dataclass
@@ -138,6 +138,18 @@ def _parser(prog: str = "llmrouter") -> argparse.ArgumentParser:
     sweep.add_argument("--json", action="store_true")
     sweep.set_defaults(run=_sweep)
 
+    tasks = commands.add_parser("tasks", help="async video tasks").add_subparsers(
+        dest="tasks", required=True
+    )
+    tasks_sweep = tasks.add_parser(
+        "sweep",
+        parents=[common],
+        help="poll the video tasks nobody polls, end those past their expiry, and settle "
+        "tasks ended without their settlement (a crashed process)",
+    )
+    tasks_sweep.add_argument("--json", action="store_true")
+    tasks_sweep.set_defaults(run=_tasks_sweep)
+
     report = commands.add_parser(
         "usage", parents=[common], help="usage and spend per key, model, provider and day"
     )
@@ -215,6 +227,49 @@ def _sweep(args: argparse.Namespace) -> int:
         )
     print(f"{len(swept)} abandoned calls swept")
     return 0
+
+
+def _tasks_sweep(args: argparse.Namespace) -> int:
+    swept = _router(args).video.sweep()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "checked": swept.checked,
+                    "ended": [_swept_task(t) for t in swept.ended],
+                    "settled": [_swept_task(t) for t in swept.settled],
+                }
+            )
+        )
+        return 0
+    for task in swept.ended:
+        print(f"ended {task.id}  key {task.key_id}  {task.status}{_charge(task)}")
+    for task in swept.settled:
+        print(f"settled {task.id}  key {task.key_id}  {task.status}{_charge(task)}")
+    print(
+        f"{swept.checked} unfinished video tasks checked, {len(swept.ended)} ended, "
+        f"{len(swept.settled)} settled after their process died"
+    )
+    return 0
+
+
+def _swept_task(task: VideoTaskRecord) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "key_id": task.key_id,
+        "status": task.status,
+        "reserved": nanos_to_usd(task.reserved_nanos),
+        "charged": nanos_to_usd(task.charged_nanos or 0),
+    }
+
+
+def _charge(task: VideoTaskRecord) -> str:
+    charged = task.charged_nanos or 0
+    return (
+        f"  charged ${nanos_to_usd(charged)} of ${nanos_to_usd(task.reserved_nanos)} reserved"
+        if charged
+        else f"  released ${nanos_to_usd(task.reserved_nanos)}"
+    )
 
 
 _DEFAULT = "default"

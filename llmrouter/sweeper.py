@@ -33,23 +33,42 @@ class Sweeper:
 
     def _run(self) -> None:
         while not self._stop.wait(self._every):
-            try:
-                swept = self._router.sweep()
-            except StoreUnavailableError:
-                continue  # the next round tries again
-            except Exception:
-                log.exception("sweeping abandoned calls failed")
-                continue
-            for call in swept:
-                log.warning(
-                    "swept abandoned call %s of key %s: %d nano-USD released",
-                    call.request_id,
-                    call.key_id,
-                    call.released_nanos,
-                )
-            try:  # the video tasks nobody polls: polled, ended, settled
-                self._router.video.sweep()
-            except StoreUnavailableError:
-                continue
-            except Exception:
-                log.exception("sweeping video tasks failed")
+            # The video tasks first: a task ended without its settlement is settled from
+            # its row, before its ticket's deadline could make it look abandoned.
+            self._sweep_video_tasks()
+            self._sweep_calls()
+
+    def _sweep_video_tasks(self) -> None:
+        """The video tasks nobody polls: polled, ended, settled."""
+        try:
+            swept = self._router.video.sweep()
+        except StoreUnavailableError:
+            return  # the next round tries again
+        except Exception:
+            log.exception("sweeping video tasks failed")
+            return
+        for task in swept.ended:
+            log.info("swept video task %s of key %s: %s", task.id, task.key_id, task.status)
+        for task in swept.settled:
+            log.warning(
+                "settled video task %s of key %s, ended %s without its settlement",
+                task.id,
+                task.key_id,
+                task.status,
+            )
+
+    def _sweep_calls(self) -> None:
+        try:
+            swept = self._router.sweep()
+        except StoreUnavailableError:
+            return
+        except Exception:
+            log.exception("sweeping abandoned calls failed")
+            return
+        for call in swept:
+            log.warning(
+                "swept abandoned call %s of key %s: %d nano-USD released",
+                call.request_id,
+                call.key_id,
+                call.released_nanos,
+            )

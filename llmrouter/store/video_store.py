@@ -23,6 +23,8 @@ from .tables import Tables
 
 #: statuses a task never leaves
 FINAL_STATUSES = ("succeeded", "failed", "cancelled", "expired")
+#: ledger statuses of a ticket not settled yet
+_UNSETTLED = ("pending", "abandoned")
 _KINDS = {kind.label: kind for kind in AdmissionKind if kind.admitted}
 
 
@@ -128,12 +130,14 @@ class VideoTaskStore:
             return bool(conn.execute(statement).rowcount)
 
     def ticket_of(self, request_id: str) -> Ticket | None:
-        """The admission ticket a ledger row holds, while it is pending (or swept)."""
+        """The admission ticket a ledger row holds, while it is pending (or swept: the
+        chat sweeper closed it, and a settlement still completes it once); None once it
+        is settled."""
         _l = self.tables.ledger.c
         statement = select(self.tables.ledger).where(_l.request_id == request_id)
         with self.transaction(read_only=True) as conn:
             row = conn.execute(statement).first()
-        if row is None or row.admission not in _KINDS:
+        if row is None or row.admission not in _KINDS or row.status not in _UNSETTLED:
             return None
         return Ticket(
             request_id=row.request_id,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ from .tokens import StatusTokens, not_found
 if TYPE_CHECKING:
     from ..router import Router
 
+log = logging.getLogger("llmrouter")
+
 SUBMITTING = "submitting"
 #: a task still ``submitting`` this long after it was made lost its creator: it failed
 SUBMIT_GIVE_UP_MS = 10 * 60 * 1000
@@ -88,6 +91,17 @@ class TaskFields(BaseModel):
     resolution: str | None = Field(default=None, max_length=16)
     ratio: str | None = Field(default=None, max_length=16)
     images: list[_Image | str] | None = Field(default=None, max_length=MAX_IMAGES)
+
+
+@dataclass(frozen=True)
+class VideoSweep:
+    """What ``router.video.sweep()`` did: how many unfinished tasks it checked, the tasks
+    found ended after its poll (ended by it, or meanwhile by a poll elsewhere), and the
+    ended tasks whose pending ticket it settled (their process died in between)."""
+
+    checked: int
+    ended: list[VideoTaskRecord]
+    settled: list[VideoTaskRecord]
 
 
 @dataclass(frozen=True)
@@ -264,19 +278,28 @@ class VideoTasks:
 
     # ---------------------------------------------------------------- sweep
 
-    def sweep(self) -> int:
-        """Poll every unfinished task (ending those past their expiry) and settle tasks
-        ended without their settlement; returns how many tasks ended or were settled."""
-        done = 0
+    def sweep(self) -> VideoSweep:
+        """Settle the tickets of tasks ended without their settlement, then poll every
+        unfinished task (ending those past their expiry, and those whose creator died
+        before the provider answered). A task that cannot be polled (its provider gone,
+        the provider down) is left for the next sweep; the others are still swept."""
         store = self._router.store
+        settled: list[VideoTaskRecord] = []
         for record in store.ended_with_pending_ticket():
             target, _ = self._task_target(record, adapter_needed=False)
-            self._settle(record, target, TaskStatus(record.status), TaskUsage())
-            done += 1
-        for record in store.unfinished_tasks():
-            after = self._polled(record, cached=False)
-            done += after.status in FINAL_STATUSES
-        return done
+            if self._settle(record, target, TaskStatus(record.status), TaskUsage()):
+                settled.append(record)
+        ended: list[VideoTaskRecord] = []
+        unfinished = store.unfinished_tasks()
+        for record in unfinished:
+            try:
+                after = self._polled(record, cached=False)
+            except LLMRouterError as exc:
+                log.warning("sweeping video task %s: %s", record.id, exc.message)
+                continue
+            if after.status in FINAL_STATUSES:
+                ended.append(after)
+        return VideoSweep(checked=len(unfinished), ended=ended, settled=settled)
 
     # ---------------------------------------------------------------- helpers
 
@@ -286,7 +309,9 @@ class VideoTasks:
         if cached and record.id in self._recent:
             return self._recent[record.id]
         now = self._router._now_ms()
-        target, adapter = self._task_target(record)
+        # ending a task needs no adapter: a task whose provider left the config still
+        # expires, and its reservation still goes back
+        target, _ = self._task_target(record, adapter_needed=False)
         if now >= record.expires_at:
             return self._end(record, target, TaskStatus.EXPIRED, {"error": "expired"})
         if record.upstream_id is None:
@@ -294,6 +319,7 @@ class VideoTasks:
                 reason = "the task's creation was interrupted before the provider answered"
                 return self._end(record, target, TaskStatus.FAILED, {"error": reason})
             return record
+        target, adapter = self._task_target(record)
         store = self._router.store
         if store.claim_poll(record.id, now=now, interval_ms=self._poll_ms):
             try:
@@ -336,10 +362,11 @@ class VideoTasks:
 
     def _settle(
         self, record: VideoTaskRecord, target: Target, status: TaskStatus, usage: TaskUsage
-    ) -> None:
+    ) -> bool:
+        """Settle the task's ticket; False when it was settled already."""
         ticket = self._router.store.ticket_of(record.request_id)
         if ticket is None:
-            return  # settled already
+            return False  # settled already
         phases = self._router.phases
         if status is TaskStatus.SUCCEEDED:
             tokens = usage.completion_tokens or 0
@@ -353,6 +380,7 @@ class VideoTasks:
             )
         else:
             phases.settle(ticket, target, "failed", Usage(), False, record.error or status.value)
+        return True
 
     def _own(self, tokens: StatusTokens, token: str, caller: KeyRecord) -> VideoTaskRecord:
         task_id = tokens.task_of(token, caller.id)
