@@ -39,6 +39,7 @@ from ..errors import (
     InvalidRequestError,
     LLMRouterError,
     UpstreamError,
+    UpstreamRejectedError,
 )
 from ..naming import Target
 from ..providers.video_base import (
@@ -146,9 +147,12 @@ class VideoTasks:
         self._poll_ms = int(settings.video_poll_seconds * 1000)
         self._expiry_ms = int(settings.video_task_expiry_seconds * 1000)
         # the last view of each task polled here: clients polling faster than the poll
-        # interval are answered from it without touching the database
+        # interval are answered from it. It keeps the router's clock, as claim_poll does
+        # (on another clock a view could outlive the interval it stands for).
         self._recent: TTLCache[str, VideoTaskRecord] = TTLCache(
-            maxsize=10_000, ttl=max(settings.video_poll_seconds, 0.001)
+            maxsize=10_000,
+            ttl=max(settings.video_poll_seconds, 0.001),
+            timer=lambda: router._now_ms() / 1000,
         )
 
     # ---------------------------------------------------------------- create
@@ -272,7 +276,15 @@ class VideoTasks:
                 code="task_not_cancellable",
             )
         target, adapter = self._task_target(record)
-        adapter.cancel_task(record.upstream_id)
+        try:
+            adapter.cancel_task(record.upstream_id)
+        except UpstreamRejectedError as exc:
+            # the provider started it before this router's polls saw it start
+            raise ConflictError(
+                f"Only a queued task can be cancelled; the provider refused: {exc.message}",
+                param="status_token",
+                code="task_not_cancellable",
+            ) from exc
         ended = self._end(record, target, TaskStatus.CANCELLED, {})
         return VideoTask(ended, status_token)
 
