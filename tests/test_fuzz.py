@@ -31,10 +31,22 @@ from hypothesis import strategies as st
 from flask_ext.app import create_app
 from llmrouter import Router
 from tests.conftest import gateway_config
+from tests.upstreams.ark_server import FakeArk
 from tests.upstreams.loopback import LoopbackServer
+
+pytest_plugins = ["tests.video_fixtures"]
 
 LONG_RUN_EXAMPLES = int(os.environ.get("LLMROUTER_FUZZ_EXAMPLES", "3000"))
 GOOD: dict[str, Any] = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+#: seed 001's video task body (a task costs a fraction of a cent here: the long run makes
+#: thousands and the paid key must not run dry)
+GOOD_VIDEO: dict[str, Any] = {
+    "model": "altllm-flex-seedance-2.0",
+    "prompt": "a cinematic product reveal",
+    "duration": 6,
+    "resolution": "720p",
+}
+VIDEO_TASKS = "/v1/contents/generations/tasks"
 
 
 @dataclass
@@ -45,6 +57,8 @@ class Gateway:
     port: int
     keys: dict[str, str]
     router: Router
+    #: the status token of a video task of the paid key, for ``{task}`` in a route
+    task_token: str = ""
     logged: list[logging.LogRecord] = field(default_factory=list)
 
 
@@ -58,12 +72,31 @@ class _Collect(logging.Handler):
 
 
 @pytest.fixture(scope="module")
-def gateway() -> Iterator[Gateway]:
+def gateway(_ark_server: FakeArk) -> Iterator[Gateway]:
     # No quota in the way: thousands of requests from one key must all reach the code.
     config = gateway_config(
         quota={"daily_requests": 2**31 - 1, "throttle_seconds": 1, "requests_per_minute": None},
-        secret_key="fuzz-secret-key-0123456789",  # provider connections can be stored
+        # provider connections can be stored, video task tokens signed
+        secret_key="fuzz-secret-key-0123456789",
+        video_poll_seconds=0.01,
     )
+    config["providers"].append(
+        _ark_server.provider(
+            name="Seedance",
+            models=[
+                {
+                    "id": "seedance-2.0",
+                    "output_modalities": ["video"],
+                    "resolutions": ["480p", "720p", "1080p"],
+                    "ratios": ["16:9", "9:16"],
+                    "min_duration": 2,
+                    "max_duration": 12,
+                    "completion_price": "0.00000000001",
+                }
+            ],
+        )
+    )
+    config["aliases"]["altllm-flex-seedance-2.0"] = "Seedance#seedance-2.0"
     # The standalone app (what ``llmrouter serve`` and gunicorn run): every route is ours.
     app = create_app(config)
     router: Router = app.extensions["llmrouter"].router
@@ -72,11 +105,13 @@ def gateway() -> Iterator[Gateway]:
     router.top_up(paid_record.id, "1000")
     admin = router.create_key("admin", admin=True)[1]
     keys = {"free": free, "paid": paid, "admin": admin}
+    task_token = router.video.create(GOOD_VIDEO, caller=router.get_key(paid_record.id))
+    task_token = task_token.status_token
     handler = _Collect([])
     logging.getLogger("llmrouter").addHandler(handler)
     try:
         with LoopbackServer(app) as server:
-            yield Gateway(app.test_client(), server.port, keys, router, handler.into)
+            yield Gateway(app.test_client(), server.port, keys, router, task_token, handler.into)
     finally:
         logging.getLogger("llmrouter").removeHandler(handler)
         router.close()
@@ -385,6 +420,49 @@ def connection_bodies(draw: st.DrawFn) -> dict[str, Any]:
 
 
 CONNECTION_BODY = connection_bodies()
+
+# Seed 001's video task fields, each drawn right-ish or wrong.
+VIDEO_FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "model": maybe(
+        st.sampled_from(
+            ["altllm-flex-seedance-2.0", "Seedance#seedance-2.0", "echo", "nope", "Seedance#"]
+        )
+        | TEXT
+    ),
+    "prompt": maybe(st.sampled_from(["a cat", "", " "]) | TEXT),
+    "duration": maybe(st.sampled_from([2, 6, 12, 1, 13, 0, -1, 2**31, 6.0, "6", True])),
+    "resolution": maybe(st.sampled_from(["480p", "720p", "1080p", "4k", "", "720P"]) | TEXT),
+    "ratio": maybe(st.sampled_from(["16:9", "9:16", "5:4", "adaptive"]) | TEXT),
+    "images": maybe(
+        st.lists(
+            st.one_of(
+                TEXT,
+                st.fixed_dictionaries(
+                    {"url": maybe(TEXT)},
+                    optional={
+                        "role": maybe(
+                            st.sampled_from(["first_frame", "last_frame", "reference_image"]) | TEXT
+                        )
+                    },
+                ),
+            ),
+            max_size=5,
+        )
+    ),
+    "unknown": ANY_JSON,
+}
+
+
+@st.composite
+def video_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """A video task body: mostly with model and prompt, and a few of the other fields."""
+    names = draw(st.lists(st.sampled_from(sorted(VIDEO_FIELDS)), max_size=4, unique=True))
+    if draw(st.integers(0, 7)):
+        names = sorted({"model", "prompt", *names})
+    return {name: draw(VIDEO_FIELDS[name]) for name in names}
+
+
+VIDEO_BODY = video_bodies()
 #: a connection body that stores, and the fields a bad value of each may be blamed on: a
 #: kind names the key or URL it needs; a model left unpriced by a change of the kind or
 #: the list blames the default model; a longer name, the model ids it no longer fits
@@ -440,6 +518,16 @@ ROUTES = [
     "/llm-providers/prov-ffffffffffffffffffffffffffffffff/test",
     "/v1/llm-providers/%00",
     "/v1/llm-providers/x/y/z",
+    # seed 001's video task routes: a task of the paid key, tokens of nothing
+    VIDEO_TASKS,
+    "/contents/generations/tasks",
+    VIDEO_TASKS + "/{task}",
+    "/contents/generations/tasks/{task}",
+    VIDEO_TASKS + "/{task}x",
+    VIDEO_TASKS + "/not-a-token",
+    VIDEO_TASKS + "/%00",
+    VIDEO_TASKS + "/WyJ2dGFzay0xIiwia2V5XzEiXQ.AAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    VIDEO_TASKS + "/x/y",
     "/health",
     "/v1/nowhere",
     "/nowhere",
@@ -488,12 +576,16 @@ def calls(draw: st.DrawFn) -> Call:
     )
     if content_type is not None:
         headers["Content-Type"] = content_type
-    body_kind = draw(st.sampled_from(["chat", "chat", "connection", "json", "bytes", "none"]))
+    body_kind = draw(
+        st.sampled_from(["chat", "chat", "connection", "video", "json", "bytes", "none"])
+    )
     body: bytes | None
     if body_kind == "chat":
         body = encoded(draw(CHAT_BODY), draw)
     elif body_kind == "connection":
         body = encoded(draw(CONNECTION_BODY), draw)
+    elif body_kind == "video":
+        body = encoded(draw(VIDEO_BODY), draw)
     elif body_kind == "json":
         body = encoded(draw(ANY_JSON), draw)
     elif body_kind == "bytes":
@@ -506,7 +598,11 @@ def calls(draw: st.DrawFn) -> Call:
             st.sampled_from(["0", "1", "-1", "abc", "99999999999999999999", " 5", "1e3"])
         )
     query = draw(
-        st.dictionaries(st.sampled_from(["key_id", "since", "until", "x"]), TEXT, max_size=3)
+        st.dictionaries(
+            st.sampled_from(["key_id", "since", "until", "limit", "before", "x"]),
+            TEXT | st.sampled_from(["1", "20", "100", "101", "0", "{task}"]),
+            max_size=3,
+        )
     )
     return Call(
         method=draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"])),
@@ -521,14 +617,21 @@ def calls(draw: st.DrawFn) -> Call:
 # --------------------------------------------------------------------------- checks
 
 
+def with_task(gateway: Gateway, text: str) -> str:
+    """``text`` with ``{task}`` standing for the paid key's video task token."""
+    return text.replace("{task}", gateway.task_token)
+
+
 def send(gateway: Gateway, call: Call) -> Any:
     headers = dict(call.headers)
     for name, key in gateway.keys.items():  # "{free}" stands for the free key's secret
         headers = {header: value.replace(f"{{{name}}}", key) for header, value in headers.items()}
     return gateway.client.open(
-        call.path,
+        with_task(gateway, call.path),
         method=call.method,
-        query_string={k: v.encode("utf-8", "surrogatepass") for k, v in call.query.items()},
+        query_string={
+            k: with_task(gateway, v).encode("utf-8", "surrogatepass") for k, v in call.query.items()
+        },
         headers=headers,
         data=call.body,
         environ_overrides=call.environ,
@@ -554,9 +657,11 @@ def send_over_socket(gateway: Gateway, call: Call) -> WireAnswer:
     for name, key in gateway.keys.items():
         headers = {header: value.replace(f"{{{name}}}", key) for header, value in headers.items()}
     query = urllib.parse.urlencode(
-        {k: v.encode("utf-8", "surrogatepass") for k, v in call.query.items()}
+        {k: with_task(gateway, v).encode("utf-8", "surrogatepass") for k, v in call.query.items()}
     )
-    path = urllib.parse.quote(call.path, safe="/%") + (f"?{query}" if query else "")
+    path = urllib.parse.quote(with_task(gateway, call.path), safe="/%") + (
+        f"?{query}" if query else ""
+    )
     body = call.body or b""
     length = call.environ.get("CONTENT_LENGTH", str(len(body)) if call.body is not None else None)
     lines = [f"{call.method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
@@ -679,6 +784,41 @@ def check_one_field(gateway: Gateway) -> Callable[[tuple[str, Any]], None]:
     return check
 
 
+def check_video_field(gateway: Gateway) -> Callable[[tuple[str, Any]], None]:
+    """Seed 001's body with one field set to anything: a 400 names that field."""
+
+    def check(case: tuple[str, Any]) -> None:
+        name, value = case
+        response = gateway.client.post(
+            VIDEO_TASKS,
+            data=json.dumps({**GOOD_VIDEO, name: value}),
+            headers={
+                "Authorization": f"Bearer {gateway.keys['paid']}",
+                "Content-Type": "application/json",
+            },
+        )
+        assert_well_answered(gateway, response)
+        if response.status_code == 400:
+            error = response.get_json()["error"]
+            assert error["param"], error
+            assert error["param"].partition("[")[0].partition(".")[0] == name, (name, error)
+        if response.status_code == 200:
+            task = response.get_json()
+            assert task["status_token"] == task["altllm_status_token"]
+            poll = gateway.client.get(
+                f"{VIDEO_TASKS}/{task['status_token']}",
+                headers={"Authorization": f"Bearer {gateway.keys['paid']}"},
+            )
+            assert poll.status_code == 200, poll.get_data(as_text=True)
+
+    return check
+
+
+def video_field_cases() -> st.SearchStrategy[tuple[str, Any]]:
+    names = st.sampled_from(sorted(VIDEO_FIELDS))
+    return names.flatmap(lambda n: st.tuples(st.just(n), VIDEO_FIELDS[n] | ANY_JSON))
+
+
 def check_connection_field(gateway: Gateway, method: str) -> Callable[[tuple[str, Any]], None]:
     """A good connection body (POST) or change (PATCH, of a connection made for it) with
     one field set to anything: a 400 names that field, nothing is a 5xx."""
@@ -774,6 +914,11 @@ def test_a_wrong_connection_field_is_named(gateway: Gateway, method: str) -> Non
     assert_healthy(gateway)
 
 
+def test_a_wrong_video_field_is_named(gateway: Gateway) -> None:
+    run(300, video_field_cases(), check_video_field(gateway))
+    assert_healthy(gateway)
+
+
 @pytest.mark.fuzz
 def test_long_any_request_to_any_route(gateway: Gateway) -> None:
     run(LONG_RUN_EXAMPLES, calls(), check_call(gateway))
@@ -795,6 +940,12 @@ def test_long_any_chat_body(gateway: Gateway) -> None:
 @pytest.mark.fuzz
 def test_long_a_wrong_field_is_named(gateway: Gateway) -> None:
     run(LONG_RUN_EXAMPLES, one_field_wrong(), check_one_field(gateway))
+    assert_healthy(gateway)
+
+
+@pytest.mark.fuzz
+def test_long_a_wrong_video_field_is_named(gateway: Gateway) -> None:
+    run(LONG_RUN_EXAMPLES, video_field_cases(), check_video_field(gateway))
     assert_healthy(gateway)
 
 
