@@ -334,11 +334,6 @@ def test_expired_tasks_release_their_reservation_and_the_chat_sweep_leaves_live_
     assert router.sweep() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store.sweep(started_before=...) (`llmrouter sweep --older-than`) closes every "
-    "pending row, a live video task's ticket too (store.py is not this suite's to change)",
-)
 def test_sweeping_every_pending_call_leaves_live_video_tickets(fleet: Fleet) -> None:
     router = fleet.router()
     key = new_key(router)
