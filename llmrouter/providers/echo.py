@@ -33,8 +33,10 @@ from ..schemas import (
     ToolCallDelta,
     Usage,
 )
-from .base import ChunkStream, ProviderAdapter
+from .base import ChunkStream
+from .echo_video import EchoVideo
 from .registry import register
+from .video_base import VideoAdapter
 
 _TOKEN = re.compile(r"\s*(?:\w+|[^\w\s])")
 _PER_MESSAGE_TOKENS = 3
@@ -53,7 +55,10 @@ def count_tokens(text: str) -> int:
 
 
 @register
-class EchoAdapter(ProviderAdapter):
+class EchoAdapter(EchoVideo, VideoAdapter):
+    """Chat as above; video models (``output_modalities = ["video"]``) make offline video
+    tasks (``echo_video.py``)."""
+
     kind = "echo"
 
     def chat(self, request: ChatRequest, upstream_model: str) -> ChatCompletion:
