@@ -5,6 +5,7 @@ reservation's rest handed back."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
@@ -37,7 +38,7 @@ CONFIG = {
 
 
 @pytest.fixture
-def router() -> Router:
+def router() -> Iterator[Router]:
     made = Router.from_config(CONFIG)
     yield made
     made.close()
