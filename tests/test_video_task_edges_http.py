@@ -188,6 +188,10 @@ def test_the_list_is_the_keys_own_newest_first_in_pages(
     page = client.list(limit=2, before=page["next_before"]).json()
     assert [t["status_token"] for t in page["data"]] == newest_first[4:]
     assert page["has_more"] is False
+    # a page ending exactly at the oldest task has no more either
+    page = client.list(limit=5).json()
+    assert len(page["data"]) == 5 and page["has_more"] is False
+    assert client.list(before=page["next_before"]).json()["data"] == []
     assert len(stranger.list().json()["data"]) == 1
     # another key's token as the cursor is no hint either
     foreign = stranger.list().json()["data"][0]["status_token"]
@@ -323,3 +327,24 @@ def test_models_show_the_video_models_and_their_terms(base: str) -> None:
     assert one["video"] == cards["altllm-flex-seedance-2.0"]["video"]
     assert cards["echo#echo"]["output_modalities"] == ["text"]
     assert cards["echo#echo"]["video"] is None
+
+
+def test_an_idempotency_key_replays_its_task(
+    router: Router, payer: tuple[KeyRecord, Client], fake_ark: FakeArk
+) -> None:
+    key, client = payer
+    first = created(client.create(SEED_BODY, **{"Idempotency-Key": "order-17"}))
+    again = created(client.create(SEED_BODY, **{"Idempotency-Key": "order-17"}))
+    assert again["status_token"] == first["status_token"]
+    assert fake_ark.book.count("POST") == 1
+    assert len(ledger_rows(router, key)) == 1
+    assert balance(router, key) == key.balance_nanos - nanos(Decimal(first["reserved"]))
+    other_body = {**SEED_BODY, "duration": 5}
+    conflict = client.create(other_body, **{"Idempotency-Key": "order-17"})
+    assert_error(conflict, 409, "idempotency_conflict", "Idempotency-Key")
+    assert fake_ark.book.count("POST") == 1
+    # another key's same Idempotency-Key is its own
+    _, stranger = paid_key(router, client.base, "other")
+    theirs = created(stranger.create(SEED_BODY, **{"Idempotency-Key": "order-17"}))
+    assert theirs["status_token"] != first["status_token"]
+    assert fake_ark.book.count("POST") == 2

@@ -37,11 +37,16 @@ def list_tasks(router: Router, request: Request) -> Response:
         caller=key, limit=int(raw_limit), before=request.query.get("before") or None
     )
     views = [t.view() for t in tasks]
+    # a full page has more only if a task comes after its last (a page ending exactly at
+    # the oldest task has none)
+    more = len(views) == int(raw_limit) and bool(
+        router.video.list(caller=key, limit=1, before=tasks[-1].status_token)
+    )
     return json_response(
         {
             "object": "list",
             "data": views,
-            "has_more": len(views) == int(raw_limit),
+            "has_more": more,
             "next_before": views[-1]["status_token"] if views else None,
         }
     )
