@@ -238,11 +238,26 @@ def test_gunicorn_serves_a_stream_with_the_example_config(tmp_path: Path) -> Non
 
 def test_the_full_example_config_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "MISTRAL_API_KEY"):
+    for name in (
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "GEMINI_API_KEY",
+        "MISTRAL_API_KEY",
+        "ARK_API_KEY",
+        "OPENROUTER_API_KEY",
+    ):
         monkeypatch.setenv(name, "sk-not-used")
     router = Router.from_config(EXAMPLES / "llmrouter.toml")
     try:
-        ids = {m.id for m in router.models().data}
-        assert {"OpenAI#gpt-4o-mini", "altllm-basic", "altllm-pro"} <= ids
+        cards = {m.id: m for m in router.models().data}
+        assert {"OpenAI#gpt-4o-mini", "altllm-basic", "altllm-pro"} <= set(cards)
+        for video in ("altllm-flex-seedance-2.0", "altllm-flex-seedance-2.0-fast"):
+            assert cards[video].output_modalities == ["video"] and cards[video].video
+        per_second = cards["OpenRouterVideo#bytedance/seedance-2.0"].video
+        assert per_second is not None and per_second.price_per_second == {
+            "480p": "0.01",
+            "720p": "0.02",
+            "1080p": "0.05",
+        }
     finally:
         router.close()

@@ -2,7 +2,8 @@
 
 A video model is priced one of two ways:
 
-- per token (``completion_price``), as Ark bills Seedance: a video of width × height pixels,
+- per token (``completion_price``), as Ark bills Seedance: a video of width × height pixels
+  (Ark's frame size for the resolution and ratio),
   ``fps`` frames a second, for ``duration`` seconds is ``width × height × fps × duration /
   1024`` tokens (rounded up). The estimate uses the requested resolution, ratio and
   duration; the charge the tokens the provider reports (else the estimate's count).
@@ -25,18 +26,31 @@ from ..config import ModelSettings
 from ..errors import InvalidRequestError
 from ..providers.video_base import TaskUsage, VideoRequest
 
-#: pixels of each resolution bucket at 16:9; other ratios keep the area (Ark's tables do)
-_PIXELS = {
-    "480p": 864 * 480,
-    "720p": 1280 * 720,
-    "1080p": 1920 * 1080,
-}
+#: width x height of each resolution bucket and ratio, as Ark's Seedance tables give them
+_SIZES = {
+    "480p": {"16:9": (864, 480), "4:3": (736, 544), "1:1": (640, 640), "3:4": (544, 736),
+             "9:16": (480, 864), "21:9": (960, 416)},
+    "720p": {"16:9": (1280, 720), "4:3": (1112, 834), "1:1": (960, 960), "3:4": (834, 1112),
+             "9:16": (720, 1280), "21:9": (1470, 630)},
+    "1080p": {"16:9": (1920, 1080), "4:3": (1664, 1248), "1:1": (1440, 1440),
+              "3:4": (1248, 1664), "9:16": (1080, 1920), "21:9": (2176, 928)},
+}  # fmt: skip
 _TOKEN_PIXELS = 1024
 
 
-def video_tokens(model: ModelSettings, resolution: str, seconds: int | Decimal) -> int:
-    """The tokens of a video of ``seconds`` at ``resolution`` (Ark's formula)."""
-    pixels = _PIXELS.get(resolution)
+def _pixels(resolution: str, ratio: str) -> int | None:
+    """The frame's pixels; a ratio not in the table counts as the bucket's largest frame
+    (an estimate must not come out low)."""
+    sizes = _SIZES.get(resolution)
+    if sizes is None:
+        return None
+    width, height = sizes.get(ratio) or max(sizes.values(), key=lambda s: s[0] * s[1])
+    return width * height
+
+
+def video_tokens(model: ModelSettings, resolution: str, ratio: str, seconds: int | Decimal) -> int:
+    """The tokens of a video of ``seconds`` at ``resolution`` and ``ratio`` (Ark's formula)."""
+    pixels = _pixels(resolution, ratio)
     if pixels is None:
         raise InvalidRequestError(
             f"No token count is known for the resolution '{resolution}'.", param="resolution"
@@ -54,7 +68,7 @@ def estimate_nanos(model: ModelSettings, request: VideoRequest) -> int:
                 param="resolution",
             )
         return _nanos(rate * request.duration)
-    tokens = video_tokens(model, request.resolution, request.duration)
+    tokens = video_tokens(model, request.resolution, request.ratio, request.duration)
     return _nanos(model.completion_price * tokens)
 
 
@@ -68,7 +82,7 @@ def charge_nanos(model: ModelSettings, request: VideoRequest, usage: TaskUsage) 
         return _nanos(rate * seconds)
     tokens = usage.completion_tokens
     if tokens is None:
-        tokens = video_tokens(model, request.resolution, request.duration)
+        tokens = video_tokens(model, request.resolution, request.ratio, request.duration)
     return _nanos(model.completion_price * tokens)
 
 
