@@ -22,6 +22,9 @@ from llmrouter.store.tables import Tables, build_tables
 from tests.upstreams.loopback import LoopbackServer
 from tests.upstreams.openai_server import FakeOpenAI
 
+# plugin modules named in ``pytest_plugins`` have their asserts rewritten too
+pytest.register_assert_rewrite("tests.video_fixtures", "tests.video_http")
+
 UPSTREAM_KEY = "sk-upstream-test-0123456789abcdef"
 
 

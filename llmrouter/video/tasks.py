@@ -40,6 +40,7 @@ from ..errors import (
     LLMRouterError,
     UpstreamError,
     UpstreamRejectedError,
+    UpstreamUnsupportedError,
 )
 from ..naming import Target
 from ..providers.video_base import (
@@ -278,10 +279,11 @@ class VideoTasks:
         target, adapter = self._task_target(record)
         try:
             adapter.cancel_task(record.upstream_id)
-        except UpstreamRejectedError as exc:
-            # the provider started it before this router's polls saw it start
+        except (UpstreamRejectedError, UpstreamUnsupportedError) as exc:
+            # the provider started it before this router's polls saw it start, or it has
+            # no way to cancel (OpenRouter)
             raise ConflictError(
-                f"Only a queued task can be cancelled; the provider refused: {exc.message}",
+                f"This task cannot be cancelled: {exc.message}",
                 param="status_token",
                 code="task_not_cancellable",
             ) from exc
