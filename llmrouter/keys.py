@@ -15,14 +15,13 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
-    ValidationError,
 )
 
 from .billing import nanos_to_usd
 from .config import INT32_MAX
 from .errors import AuthenticationError, InvalidRequestError
 from .naming import MAX_MODEL_NAME
-from .schemas import describe_validation_error
+from .schemas import parse_body
 from .store import KeyRecord, Store, hash_secret
 
 #: at most this many entries in each of ``allowed_models`` / ``allowed_providers``
@@ -85,13 +84,7 @@ Fields = TypeVar("Fields", bound=BaseModel)
 
 def parse_fields(model: type[Fields], fields: Mapping[str, Any]) -> Fields:
     """``fields`` checked by ``model``; 400 naming the first bad field otherwise."""
-    if not isinstance(fields, Mapping):
-        raise InvalidRequestError("The request body must be a JSON object.")
-    try:
-        parsed = model.model_validate(dict(fields))
-    except ValidationError as exc:
-        message, param = describe_validation_error(exc)
-        raise InvalidRequestError(message, param=param) from None
+    parsed = parse_body(model, fields)
     for name in ("allowed_models", "allowed_providers"):
         names = getattr(parsed, name, None)
         if names is not None:

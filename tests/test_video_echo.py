@@ -80,3 +80,11 @@ def test_a_video_model_is_no_chat_model_and_a_chat_model_no_video_model(router: 
             {"model": "echo#echo", "prompt": "a cat"}, caller=router.authenticate(secret)
         )
     assert video.value.code == "not_a_video_model"
+
+
+def test_a_prompt_no_database_can_hold_is_a_400_naming_it(router: Router) -> None:
+    key = router.authenticate(router.create_key("host", credits="1")[1])
+    with pytest.raises(InvalidRequestError) as refused:
+        router.video.create({"model": "echo#echo-video", "prompt": "a \ud800 cat"}, caller=key)
+    assert refused.value.param == "prompt"
+    assert router.video.list(caller=key) == []

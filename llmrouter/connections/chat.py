@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ..billing import (
     DEFAULT_OUTPUT_ALLOWANCE,
@@ -60,8 +60,7 @@ from ..naming import Target
 from ..schemas import (
     ChatCompletion,
     Usage,
-    check_json_values,
-    describe_validation_error,
+    parse_body,
     parse_chat_request,
 )
 from ..store import ChatMessageRecord, ConnectionRecord, KeyRecord, SessionRecord
@@ -94,14 +93,7 @@ class ChatInput(BaseModel):
 
 def parse_chat_input(body: Any) -> ChatInput:
     """The chat body, or a 400 naming the field (unknown fields are refused)."""
-    if not isinstance(body, Mapping):
-        raise InvalidRequestError("The request body must be a JSON object.")
-    check_json_values(dict(body))  # a lone surrogate can be neither sent nor stored
-    try:
-        chat = ChatInput.model_validate(dict(body))
-    except ValidationError as exc:
-        message, field = describe_validation_error(exc)
-        raise InvalidRequestError(message, param=field) from None
+    chat = parse_body(ChatInput, body)  # a lone surrogate can be neither sent nor stored
     if not chat.message.strip():
         raise InvalidRequestError("Invalid 'message': it is only whitespace.", param="message")
     if "\x00" in chat.message:  # PostgreSQL's text cannot hold NUL

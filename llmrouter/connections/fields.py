@@ -23,7 +23,6 @@ from pydantic import (
     Field,
     SecretStr,
     StringConstraints,
-    ValidationError,
     field_validator,
 )
 
@@ -37,7 +36,7 @@ from ..config import (
 )
 from ..errors import InvalidRequestError
 from ..naming import MAX_MODEL_NAME, table_priced
-from ..schemas import check_json_values, describe_validation_error
+from ..schemas import parse_body
 from ..secrets import mask
 from ..store import ConnectionRecord
 
@@ -169,14 +168,7 @@ class NewConnection(ConnectionChanges):
 
 
 def parse(model: type[ConnectionChanges], body: Any) -> ConnectionChanges:
-    if not isinstance(body, Mapping):
-        raise InvalidRequestError("The request body must be a JSON object.")
-    check_json_values(dict(body))  # no lone surrogate, in any field, reaches the database
-    try:
-        return model.model_validate(dict(body))
-    except ValidationError as exc:
-        message, field = describe_validation_error(exc)
-        raise InvalidRequestError(message, param=field) from None
+    return parse_body(model, body)  # no lone surrogate, in any field, reaches the database
 
 
 def settings_of(

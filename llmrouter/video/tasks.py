@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 from cachetools import TTLCache
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ..billing import nanos_to_usd
 from ..config import ModelSettings
@@ -51,7 +51,7 @@ from ..providers.video_base import (
     VideoAdapter,
     VideoRequest,
 )
-from ..schemas import Usage, describe_validation_error
+from ..schemas import Usage, parse_body
 from ..store import KeyRecord, VideoTaskRecord
 from ..store.video_store import FINAL_STATUSES
 from .pricing import charge_nanos, estimate_nanos
@@ -467,13 +467,7 @@ class VideoTasks:
 
 
 def _parse(fields: Mapping[str, Any]) -> TaskFields:
-    if not isinstance(fields, Mapping):
-        raise InvalidRequestError("The request body must be a JSON object.")
-    try:
-        parsed = TaskFields.model_validate(dict(fields))
-    except ValidationError as exc:
-        message, field = describe_validation_error(exc)
-        raise InvalidRequestError(message, param=field) from None
+    parsed = parse_body(TaskFields, fields)  # a lone surrogate is never stored
     if not parsed.prompt.strip():
         raise InvalidRequestError("Invalid 'prompt': it is empty.", param="prompt")
     return parsed
