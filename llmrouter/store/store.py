@@ -31,7 +31,7 @@ from .records import (
 from .session_store import SessionStatements, SessionStore
 from .settlement import SettlementStatements
 from .tables import DEFAULT_PREFIX, Tables, build_tables
-from .video_store import FINAL_STATUSES, VideoTaskStore
+from .video_store import VideoTaskStore
 
 #: the ``error`` of a row the sweeper closed
 ABANDONED_REASON = (
@@ -331,7 +331,7 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
 
     def sweep(self, *, now: int, started_before: int | None = None) -> list[SweptCall]:
         """Close the ``pending`` rows past their deadline (or, given ``started_before``,
-        every one admitted before it but those of video tasks still running) as
+        every one admitted before it but those of video tasks) as
         ``abandoned``: the reservation is released; the
         allowance unit and throttle slot stay used, since the upstream may have served the
         call; the row keeps cost 0 and says why. Each row in its own transaction, and only
@@ -341,10 +341,11 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
             due = c.deadline_at <= now
         else:
             # A video task's ticket lives as long as its task: the video sweep ends those
-            # (a task not ended is polled, not abandoned), past their deadline this one.
+            # (a task not ended is polled, not abandoned) and settles those of tasks ended
+            # by a process that died before settling (abandoning one would give away a
+            # succeeded video); past their deadline this one.
             _v = self.tables.video_tasks.c
-            live_video = select(_v.request_id).where(_v.status.not_in(FINAL_STATUSES))
-            due = (c.started_at < started_before) & c.request_id.not_in(live_video)
+            due = (c.started_at < started_before) & c.request_id.not_in(select(_v.request_id))
         with self.transaction(read_only=True) as conn:
             rows = conn.execute(
                 select(

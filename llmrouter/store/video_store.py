@@ -86,12 +86,12 @@ class VideoTaskStore:
 
     def ended_with_pending_ticket(self, *, limit: int = 1000) -> list[VideoTaskRecord]:
         """Ended tasks whose ticket is still pending (their process died between the two
-        writes): the sweeper settles them."""
+        writes), or was closed by the chat sweeper meanwhile: the sweeper settles them."""
         _v, _l = self.tables.video_tasks.c, self.tables.ledger.c
         statement = (
             select(self.tables.video_tasks)
             .join(self.tables.ledger, _l.request_id == _v.request_id)
-            .where(_v.status.in_(FINAL_STATUSES), _l.status == "pending")
+            .where(_v.status.in_(FINAL_STATUSES), _l.status.in_(_UNSETTLED))
             .limit(limit)
         )
         with self.transaction(read_only=True) as conn:
