@@ -3,6 +3,7 @@ charged what it should be, once, whichever process, sweeper or restart ends or s
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -12,12 +13,15 @@ from tests.conftest import database_urls
 from tests.test_video_reliability import (
     BODY,
     CHARGED,
+    POLL_SECONDS,
+    RESERVED,
     Clock,
     Crash,
     Fleet,
     balance,
     ledger_rows,
     new_key,
+    video_config,
 )
 from tests.upstreams.ark_server import FakeArk, TaskPlan
 
@@ -78,3 +82,22 @@ def test_a_ticket_the_chat_sweeper_abandoned_is_still_settled_when_its_task_ende
     (row,) = ledger_rows(later, key)
     assert (row.status, row.charged_nanos) == ("ok", CHARGED)
     assert balance(later, key) == 1_000_000_000 - CHARGED
+
+
+def test_a_task_whose_model_left_the_config_is_charged_its_reservation(fleet: Fleet) -> None:
+    # The model was taken out of the config while the task ran (its provider stays): the
+    # task succeeds and is settled at the estimate the key agreed to, not for nothing.
+    first = fleet.router()
+    key = new_key(first)
+    task = first.video.create(BODY, caller=key)
+    other = {"id": "another-video", "output_modalities": ["video"], "completion_price": "0.000001"}
+    config = video_config(fleet.database_url, fleet.fake)
+    config["providers"][0]["models"] = [other]
+    without = Router.from_config(config, clock=fleet.clock)
+    fleet.routers.append(without)
+    time.sleep(POLL_SECONDS * 1.5)
+    view = fleet.poll_until_ended(without, task.status_token, key)
+    assert view["status"] == "succeeded"
+    (row,) = ledger_rows(without, key)
+    assert (row.status, row.charged_nanos) == ("ok", RESERVED)
+    assert balance(without, key) == 1_000_000_000 - RESERVED

@@ -361,7 +361,11 @@ class VideoTasks:
         now = self._router._now_ms()
         cost = 0
         if status is TaskStatus.SUCCEEDED:
-            cost = charge_nanos(target.model, _request_of(record), usage or TaskUsage())
+            usage = usage or TaskUsage()
+            if usage.cost is None and not self._priced(record):
+                cost = record.reserved_nanos  # its prices left the config: the estimate
+            else:
+                cost = charge_nanos(target.model, _request_of(record), usage)
         values = {
             **changes,
             "status": status.value,
@@ -455,6 +459,14 @@ class VideoTasks:
                 )
             adapter = None  # type: ignore[assignment]
         return target, adapter  # type: ignore[return-value]
+
+    def _priced(self, record: VideoTaskRecord) -> bool:
+        """Whether the config still has the task's model, and so its prices."""
+        try:
+            self._router.directory.catalog.resolve(record.model)
+        except LLMRouterError:
+            return False
+        return True
 
     def _token_maker(self) -> StatusTokens:
         if self._tokens is None:
