@@ -132,8 +132,8 @@ def test_missing_database_driver_says_which_extra(tmp_path: Path) -> None:
 def test_the_example_config_builds_a_router(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "MISTRAL_API_KEY"):
-        monkeypatch.setenv(name, f"test-{name.lower()}")
+    for provider in ("OPENAI", "ANTHROPIC", "GEMINI", "MISTRAL", "ARK", "OPENROUTER"):
+        monkeypatch.setenv(f"{provider}_API_KEY", f"test-{provider.lower()}-api-key")
     example = Path(__file__).parent.parent / "examples" / "llmrouter.toml"
     monkeypatch.chdir(tmp_path)  # its SQLite file lands here
     router = Router.from_config(example)
@@ -146,6 +146,8 @@ def test_the_example_config_builds_a_router(
             "gemini",
             "mistral",
             "openai-compatible",
+            "ark",
+            "openrouter",
         }
     finally:
         router.close()
