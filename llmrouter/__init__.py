@@ -43,6 +43,7 @@ from .schemas import (
     Usage,
 )
 from .store import KeyRecord, ProviderTotal, SweptCall, UsageRow
+from .tools import RegisteredTool, ToolRegistry
 
 __all__ = [
     "AuthenticationError",
@@ -73,11 +74,13 @@ __all__ = [
     "QuotaSettings",
     "RateLimitError",
     "RateLimitInfo",
+    "RegisteredTool",
     "RequestTooLargeError",
     "Router",
     "Settings",
     "StoreUnavailableError",
     "SweptCall",
+    "ToolRegistry",
     "UpstreamAuthError",
     "UpstreamError",
     "UpstreamRateLimitError",

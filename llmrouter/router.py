@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypeVar, overload
 
 from sqlalchemy.engine import Engine
 
@@ -52,12 +52,14 @@ from .store import (
     Ticket,
     UsageRow,
 )
+from .tools import RegisteredTool, ToolRegistry
 from .video import VideoTasks
 
 log = logging.getLogger("llmrouter")
 #: how long past its last possible attempt a call's pending row waits before the sweeper
 #: may close it: time for its settlement to be written (and retried) after the call ended
 SETTLE_GRACE_SECONDS = 60.0
+_Func = TypeVar("_Func", bound=Callable[..., Any])
 
 
 @dataclass
@@ -123,6 +125,8 @@ class Router:
             on_replaced=self.dispatcher.breakers.forget,
         )
         self.keys = KeyAuthenticator(self.store, ttl_seconds=settings.key_cache_seconds)
+        #: the host's Python functions offered to models as tools (``tools.py``)
+        self.tools = ToolRegistry()
         self._clock = clock
         self._settlements = SettlementQueue()
         #: admit -> ticket -> dispatch -> settle or release (``phases.py``)
@@ -147,6 +151,49 @@ class Router:
             return cls(settings, **kwargs)
         except ConfigError as exc:
             raise exc.at(source_label(source)) from None
+
+    @overload
+    def tool(self, func: _Func, /) -> _Func: ...
+
+    @overload
+    def tool(
+        self,
+        func: None = None,
+        /,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        timeout: float | None = None,
+    ) -> Callable[[_Func], _Func]: ...
+
+    def tool(
+        self,
+        func: _Func | None = None,
+        /,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        timeout: float | None = None,
+    ) -> _Func | Callable[[_Func], _Func]:
+        """Register a function as a tool: ``@router.tool`` or ``@router.tool(name=...,
+        description=..., timeout=...)``; the function is returned unchanged."""
+
+        def register(f: _Func) -> _Func:
+            self.tools.register(f, name=name, description=description, timeout=timeout)
+            return f
+
+        return register if func is None else register(func)
+
+    def add_tool(
+        self,
+        func: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        timeout: float | None = None,
+    ) -> RegisteredTool:
+        """Register ``func`` as a tool (see ``ToolRegistry.register``)."""
+        return self.tools.register(func, name=name, description=description, timeout=timeout)
 
     def close(self) -> None:
         """Release connections; settlements still waiting for the database get a few
