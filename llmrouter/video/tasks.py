@@ -295,14 +295,18 @@ class VideoTasks:
     def sweep(self) -> VideoSweep:
         """Settle the tickets of tasks ended without their settlement, then poll every
         unfinished task (ending those past their expiry, and those whose creator died
-        before the provider answered). A task that cannot be polled (its provider gone,
-        the provider down) is left for the next sweep; the others are still swept."""
+        before the provider answered). A task that cannot be polled or settled (its
+        provider down, the database refusing one write) is left for the next sweep; the
+        others are still swept."""
         store = self._router.store
         settled: list[VideoTaskRecord] = []
         for record in store.ended_with_pending_ticket():
             target, _ = self._task_target(record, adapter_needed=False)
-            if self._settle(record, target, TaskStatus(record.status), TaskUsage()):
-                settled.append(record)
+            try:
+                if self._settle(record, target, TaskStatus(record.status), TaskUsage()):
+                    settled.append(record)
+            except LLMRouterError as exc:  # the others are still settled
+                log.warning("settling video task %s: %s", record.id, exc.message)
         ended: list[VideoTaskRecord] = []
         unfinished = store.unfinished_tasks()
         for record in unfinished:
