@@ -276,7 +276,7 @@ class VideoTasks:
                 param="status_token",
                 code="task_not_cancellable",
             )
-        target, adapter = self._task_target(record)
+        target, adapter = self._task_target(record), self._task_adapter(record)
         try:
             adapter.cancel_task(record.upstream_id)
         except (UpstreamRejectedError, UpstreamUnsupportedError) as exc:
@@ -301,7 +301,7 @@ class VideoTasks:
         store = self._router.store
         settled: list[VideoTaskRecord] = []
         for record in store.ended_with_pending_ticket():
-            target, _ = self._task_target(record, adapter_needed=False)
+            target = self._task_target(record)
             try:
                 if self._settle(record, target, TaskStatus(record.status), TaskUsage()):
                     settled.append(record)
@@ -329,7 +329,7 @@ class VideoTasks:
         now = self._router._now_ms()
         # ending a task needs no adapter: a task whose provider left the config still
         # expires, and its reservation still goes back
-        target, _ = self._task_target(record, adapter_needed=False)
+        target = self._task_target(record)
         if now >= record.expires_at:
             return self._end(record, target, TaskStatus.EXPIRED, {"error": "expired"})
         if record.upstream_id is None:
@@ -337,7 +337,7 @@ class VideoTasks:
                 reason = "the task's creation was interrupted before the provider answered"
                 return self._end(record, target, TaskStatus.FAILED, {"error": reason})
             return record
-        target, adapter = self._task_target(record)
+        adapter = self._task_adapter(record)
         store = self._router.store
         if store.claim_poll(record.id, now=now, interval_ms=self._poll_ms):
             try:
@@ -439,30 +439,28 @@ class VideoTasks:
             )
         return target, adapter
 
-    def _task_target(
-        self, record: VideoTaskRecord, *, adapter_needed: bool = True
-    ) -> tuple[Target, VideoAdapter]:
-        """The task's model and adapter as the directory has them now (a model gone from
-        the config is settled at its reservation: the estimate the key agreed to)."""
-        directory = self._router.directory
-        adapter = directory.adapters.get(record.provider)
+    def _task_target(self, record: VideoTaskRecord) -> Target:
+        """The task's model as the directory has it now (a model gone from the config is
+        settled at its reservation: the estimate the key agreed to; see ``_priced``)."""
         try:
-            target = directory.catalog.resolve(record.model)
+            return self._router.directory.catalog.resolve(record.model)
         except LLMRouterError:
-            target = Target(
+            return Target(
                 record.provider,
                 record.upstream_model,
                 ModelSettings(id=record.upstream_model, output_modalities=["video"]),
             )
+
+    def _task_adapter(self, record: VideoTaskRecord) -> VideoAdapter:
+        """The adapter of the task's provider, or 409 when it left the config."""
+        adapter = self._router.directory.adapters.get(record.provider)
         if not isinstance(adapter, VideoAdapter):
-            if adapter_needed:
-                raise ConflictError(
-                    f"The provider '{record.provider}' of this task is no longer configured.",
-                    param="status_token",
-                    code="provider_gone",
-                )
-            adapter = None  # type: ignore[assignment]
-        return target, adapter  # type: ignore[return-value]
+            raise ConflictError(
+                f"The provider '{record.provider}' of this task is no longer configured.",
+                param="status_token",
+                code="provider_gone",
+            )
+        return adapter
 
     def _priced(self, record: VideoTaskRecord) -> bool:
         """Whether the config still has the task's model, and so its prices."""
