@@ -131,7 +131,7 @@ class Router:
         self._settlements = SettlementQueue()
         #: admit -> ticket -> dispatch -> settle or release (``phases.py``)
         self.phases = RequestPhases(
-            self.store, self.quota, self.keys, self._now_ms, self._settlements
+            self.store, self.quota, self.keys, self.now_ms, self._settlements
         )
         # No call can last longer: an attempt may start just before max_call_seconds and
         # then run for its provider's connect and read timeouts.
@@ -371,11 +371,12 @@ class Router:
         released, their allowance units stay used. ``older_than`` (seconds) instead takes
         every pending call admitted that long ago or more, e.g. ``0`` after a crash when
         no process is serving."""
-        now = self._now_ms()
+        now = self.now_ms()
         before = None if older_than is None else now - int(older_than * 1000) + 1
         return self.store.sweep(now=now, started_before=before)
 
-    def _now_ms(self) -> int:
+    def now_ms(self) -> int:
+        """The router's clock (Unix milliseconds): every time the store records."""
         return int(self._clock() * 1000)
 
     # ------------------------------------------------------------------ models
@@ -424,7 +425,7 @@ class Router:
             checked["name"],
             is_admin=bool(admin),
             credits_nanos=_positive_nanos(credits, "credits", allow_zero=True),
-            now=self._now_ms(),
+            now=self.now_ms(),
             daily_requests=checked["daily_requests"],
             throttle_seconds=checked["throttle_seconds"],
             requests_per_minute=checked["requests_per_minute"],
@@ -508,14 +509,14 @@ class Router:
         return self.store.list_keys()
 
     def revoke_key(self, key_id: str) -> KeyRecord:
-        record = self.store.revoke_key(_key_id(key_id), now=self._now_ms())
+        record = self.store.revoke_key(_key_id(key_id), now=self.now_ms())
         self.keys.forget_all()
         return record
 
     def top_up(self, key_id: str, amount: Decimal | str | int) -> KeyRecord:
         """Add ``amount`` USD to a key's prepaid balance."""
         return self.store.top_up(
-            _key_id(key_id), _positive_nanos(amount, "amount"), now=self._now_ms()
+            _key_id(key_id), _positive_nanos(amount, "amount"), now=self.now_ms()
         )
 
     def usage(

@@ -216,7 +216,7 @@ class ChatSessions:
         assert isinstance(completion, ChatCompletion)  # the request is not streamed
         content = _reply_text(completion)
         usage, estimated = usage_or_estimate(request, completion)
-        now = self._router._now_ms()
+        now = self._router.now_ms()
         exchange = (
             ChatMessageRecord("user", turn.message, now),
             ChatMessageRecord("assistant", content, now, result.request_id),

@@ -101,7 +101,7 @@ class Connections:
         check_complete(new.provider, api_key=new.api_key, base_url=new.base_url)
         self._check_name_free(new.name)
         box = self._secret_box()
-        now = self._router._now_ms()
+        now = self._router.now_ms()
         values: dict[str, Any] = {
             "id": "prov-" + uuid.uuid4().hex,  # 37 characters: the id columns are 40 wide
             "name": new.name,
@@ -161,7 +161,7 @@ class Connections:
         merged = {**_values_of(current), **values}
         check_complete(merged["provider"], api_key=api_key, base_url=merged["base_url"])
         self._check_buildable(merged, api_key)
-        values["updated_at"] = self._router._now_ms()
+        values["updated_at"] = self._router.now_ms()
         record = self._router.store.update_connection(current.id, values)
         self._router.refresh_directory()
         return record
@@ -265,7 +265,7 @@ class Connections:
             return  # a config provider has no stored status; a disabled one stays so
         self._router.store.update_connection(
             record.id,
-            {"status": status, "status_reason": reason, "updated_at": self._router._now_ms()},
+            {"status": status, "status_reason": reason, "updated_at": self._router.now_ms()},
         )
         self._router.refresh_directory()
 

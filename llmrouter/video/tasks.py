@@ -153,7 +153,7 @@ class VideoTasks:
         self._recent: TTLCache[str, VideoTaskRecord] = TTLCache(
             maxsize=10_000,
             ttl=max(settings.video_poll_seconds, 0.001),
-            timer=lambda: router._now_ms() / 1000,
+            timer=lambda: router.now_ms() / 1000,
         )
 
     # ---------------------------------------------------------------- create
@@ -183,7 +183,7 @@ class VideoTasks:
                 return self._same_request(earlier, body_hash, tokens)
         key, targets = self._router.phases.allowed_targets(caller, [target])
         reserve = estimate_nanos(target.model, request)
-        now = self._router._now_ms()
+        now = self._router.now_ms()
         admitted = self._router.phases.admit(
             key,
             targets,
@@ -326,7 +326,7 @@ class VideoTasks:
             return record
         if cached and record.id in self._recent:
             return self._recent[record.id]
-        now = self._router._now_ms()
+        now = self._router.now_ms()
         # ending a task needs no adapter: a task whose provider left the config still
         # expires, and its reservation still goes back
         target = self._task_target(record)
@@ -362,7 +362,7 @@ class VideoTasks:
         usage: TaskUsage | None = None,
     ) -> VideoTaskRecord:
         """End the task (once, whichever process gets here first) and settle its ticket."""
-        now = self._router._now_ms()
+        now = self._router.now_ms()
         cost = 0
         if status is TaskStatus.SUCCEEDED:
             usage = usage or TaskUsage()
