@@ -70,6 +70,8 @@ class ModelSettings(_Strict):
     supported_features: list[str] = ["streaming"]
     premium: bool = False
     fallbacks: list[str] = []
+    #: whether the router's built-in tools (``[tools]``) are offered to this model
+    tools: bool = True
     # ---- video models (``output_modalities = ["video"]``, on an ``ark`` or ``openrouter``
     # provider): what a task may ask for, and its price — per token (``completion_price``,
     # as Ark bills) or per second by resolution (``price_per_second``)
@@ -178,6 +180,19 @@ class KeyQuota(_Strict):
     requests_per_minute: int | None = Field(default=None, ge=1, le=INT32_MAX)
 
 
+class ToolSettings(_Strict):
+    """``[tools]``: the router's built-in tools (Python functions registered with
+    ``@router.tool``) and the loop that runs them."""
+
+    #: the registered tools offered to models (None: every one registered)
+    enabled: list[str] | None = None
+    #: an exchange calls the model at most this many times; past it the last answer is
+    #: returned with ``finish_reason`` ``length``
+    max_tool_rounds: int = Field(default=8, ge=1, le=100)
+    #: how long one tool call may run when its registration gives no ``timeout``
+    timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+
+
 class Settings(_Strict):
     """The whole configuration of one Router."""
 
@@ -203,6 +218,7 @@ class Settings(_Strict):
     #: how often ``llmrouter serve`` sweeps abandoned calls (0: never; see ``Router.sweep``)
     sweep_every_seconds: float = Field(default=60.0, ge=0)
     quota: QuotaSettings = QuotaSettings()
+    tools: ToolSettings = ToolSettings()
     aliases: dict[str, str] = {}
     providers: list[ProviderSettings] = Field(default_factory=list)
 

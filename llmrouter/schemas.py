@@ -170,6 +170,21 @@ class StreamOptions(_Strict):
     include_usage: bool | None = None
 
 
+class RouterOptions(BaseModel):
+    """A request's ``"llmrouter"`` object: what this router does for it beyond OpenAI's
+    fields (never sent upstream). Unknown fields are refused, naming them."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    #: the built-in tools offered (true or absent: every one the config, the model and the
+    #: key allow; false: none; a list: only these, each of which must be allowed)
+    builtin_tools: bool | list[Annotated[str, Field(max_length=64)]] | None = Field(
+        default=None, max_length=128
+    )
+    #: a stream carries a progress chunk after each round of built-in tool calls
+    tool_progress: bool = False
+
+
 class ChatRequest(_Strict):
     """``POST /v1/chat/completions`` body (OpenAI's fields, validated; others passed on)."""
 
@@ -194,6 +209,7 @@ class ChatRequest(_Strict):
     logit_bias: dict[str, Annotated[int, Field(ge=-100, le=100)]] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    llmrouter: RouterOptions | None = None
 
     @field_validator("model")
     @classmethod
@@ -229,7 +245,7 @@ class ChatRequest(_Strict):
 
     def upstream_body(self, upstream_model: str) -> dict[str, Any]:
         """The request as JSON for an OpenAI-compatible upstream, for ``upstream_model``."""
-        body = self.model_dump(exclude_none=True, by_alias=True)
+        body = self.model_dump(exclude_none=True, by_alias=True, exclude={"llmrouter"})
         body["model"] = upstream_model
         if not self.stream:
             body.pop("stream", None)

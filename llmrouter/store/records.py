@@ -47,6 +47,9 @@ class KeyRecord:
     #: list does not restrict; see ``allows``)
     allowed_models: tuple[str, ...] | None = None
     allowed_providers: tuple[str, ...] | None = None
+    #: the router's built-in tools the key may have offered (None: every one the config
+    #: enables; an empty tuple: none)
+    allowed_tools: tuple[str, ...] | None = None
     #: bumped by every change of the restrictions; the admission checks it
     restrictions_version: int = 0
     #: the hash of the secret this record was found by (None when found by id), so the
@@ -101,6 +104,10 @@ class Ticket:
     slot_at: int
     #: past this (Unix ms) the sweeper may close the row as abandoned
     deadline_at: int
+    #: the upstream round of a built-in tool exchange this row is (1: the exchange's
+    #: admission, which holds its allowance unit or throttle slot; a later round holds
+    #: only its own reservation)
+    round: int = 1
 
 
 @dataclass(frozen=True)
