@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic.alias_generators import to_camel
 
 from .errors import ConfigError
+from .tools import TOOL_NAME
 
 DEFAULT_SAMPLING_PARAMETERS = [
     "temperature",
@@ -184,13 +185,25 @@ class ToolSettings(_Strict):
     """``[tools]``: the router's built-in tools (Python functions registered with
     ``@router.tool``) and the loop that runs them."""
 
-    #: the registered tools offered to models (None: every one registered)
+    #: the registered tools offered to models (None: every one registered; a name that is
+    #: not registered is not offered)
     enabled: list[str] | None = None
     #: an exchange calls the model at most this many times; past it the last answer is
     #: returned with ``finish_reason`` ``length``
     max_tool_rounds: int = Field(default=8, ge=1, le=100)
     #: how long one tool call may run when its registration gives no ``timeout``
     timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+
+    @field_validator("enabled")
+    @classmethod
+    def _tool_names(cls, value: list[str] | None) -> list[str] | None:
+        # a name no tool could be registered under is a typo, not a tool not yet written
+        for name in value or []:
+            if not TOOL_NAME.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not a tool name: 1 to 64 letters, digits, '_' or '-'"
+                )
+        return value
 
 
 class Settings(_Strict):

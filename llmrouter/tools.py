@@ -23,14 +23,17 @@ import math
 import re
 import threading
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.errors import PydanticSchemaGenerationError, PydanticUserError
 from pydantic.fields import FieldInfo
 from pydantic_core import to_json
+
+if TYPE_CHECKING:
+    from .config import ToolSettings
 
 #: OpenAI's rule for a function name
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -91,6 +94,9 @@ class ToolRegistry:
 
     def __init__(self) -> None:
         self._tools: dict[str, RegisteredTool] = {}
+        # the same tools, replaced whole on each registration: requests iterate it without
+        # a lock while a late registration may be under way
+        self._ordered: tuple[RegisteredTool, ...] = ()
         self._lock = threading.Lock()
 
     def register(
@@ -111,6 +117,7 @@ class ToolRegistry:
             if tool.name in self._tools:
                 raise ValueError(f"a tool named {tool.name!r} is already registered")
             self._tools[tool.name] = tool
+            self._ordered = (*self._ordered, tool)
         return tool
 
     def get(self, name: str) -> RegisteredTool | None:
@@ -122,13 +129,25 @@ class ToolRegistry:
 
     def definitions(self) -> list[dict[str, Any]]:
         """Every tool's OpenAI ``tools`` entry, in registration order."""
-        return [tool.definition() for tool in self._tools.values()]
+        return [tool.definition() for tool in self._ordered]
+
+    def enabled(self, settings: ToolSettings) -> list[RegisteredTool]:
+        """The tools ``[tools] enabled`` lets the router offer (every one when it is not
+        set), in registration order; a name there that is not registered is skipped."""
+        if settings.enabled is None:
+            return list(self._ordered)
+        names = set(settings.enabled)
+        return [tool for tool in self._ordered if tool.name in names]
+
+    def __iter__(self) -> Iterator[RegisteredTool]:
+        """The tools in registration order."""
+        return iter(self._ordered)
 
     def __contains__(self, name: object) -> bool:
         return name in self._tools
 
     def __len__(self) -> int:
-        return len(self._tools)
+        return len(self._ordered)
 
 
 def describe(

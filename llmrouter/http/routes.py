@@ -69,6 +69,7 @@ def create_key(router: Router, request: Request) -> Response:
         requests_per_minute=new.requests_per_minute,
         allowed_models=new.allowed_models,
         allowed_providers=new.allowed_providers,
+        allowed_tools=new.allowed_tools,
     )
     return _with_secret(record, secret, 201)
 
@@ -116,6 +117,8 @@ def rotate_my_key(router: Router, request: Request) -> Response:
 
 def provider_info(router: Router, request: Request) -> Response:
     settings = router.settings
+    # the tools the config offers; a key or a model may narrow them (tool_selection.py)
+    builtin_tools = router.tools.enabled(settings.tools)
     return json_response(
         {
             "object": "provider",
@@ -129,7 +132,12 @@ def provider_info(router: Router, request: Request) -> Response:
                 "tools": True,
                 "json_mode": True,
                 "usage_in_stream": True,
+                "builtin_tools": bool(builtin_tools),
             },
+            "builtin_tools": [
+                {"name": t.name, "description": t.description, "parameters": t.parameters}
+                for t in builtin_tools
+            ],
             "providers": [
                 {"name": p.name, "kind": p.kind, "aliases": p.aliases, "models": len(p.models)}
                 for p in router.directory.providers
