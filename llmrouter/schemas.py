@@ -178,9 +178,9 @@ class RouterOptions(BaseModel):
 
     #: the built-in tools offered (true or absent: every one the config, the model and the
     #: key allow; false: none; a list: only these, each of which must be allowed)
-    builtin_tools: bool | list[Annotated[str, Field(max_length=64)]] | None = Field(
-        default=None, max_length=128
-    )
+    builtin_tools: (
+        bool | Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=128)] | None
+    ) = None
     #: a stream carries a progress chunk after each round of built-in tool calls
     tool_progress: bool = False
 
