@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import MetaData, insert, inspect
+from sqlalchemy.exc import IntegrityError
 
 from llmrouter import Router
 from llmrouter.errors import ConfigError
@@ -107,6 +108,96 @@ def test_tables_without_a_version_row_are_refused_then_adopted_by_upgrade(
     finally:
         store.close()
     Store(database_url, table_prefix=tables.prefix).close()
+
+
+def _ledger_row(request_id: str, **columns: object) -> dict[str, object]:
+    return {
+        "request_id": request_id,
+        "key_id": "key_0123456789abcdef",
+        "provider": "echo",
+        "model": "echo#echo",
+        "upstream_model": "echo",
+        "admission": "allowance",
+        "status": "ok",
+        "prompt_tokens": 3,
+        "completion_tokens": 4,
+        "usage_estimated": False,
+        "cost_nanos": 7,
+        "charged_nanos": 0,
+        "day": 20_000,
+        "started_at": 1,
+        "finished_at": 2,
+        "reserved_nanos": 0,
+        "slot_at": 0,
+        **columns,
+    }
+
+
+def test_tables_from_before_migrations_under_their_databases_own_constraint_names_get_rounds(
+    database_url: str, tables: Tables
+) -> None:
+    """What the ``create_all`` of llmrouter 0.1 made names its constraints the database's
+    way (or not at all, on SQLite): revision 0005 still finds the ledger's old uniqueness."""
+    unnamed = MetaData()
+    for table in r0001_baseline.baseline_metadata(tables.prefix).sorted_tables:
+        for constraint in table.to_metadata(unnamed).constraints:
+            constraint.name = None
+    ledger = tables.prefix + "ledger"
+    engine = create_engine_for(database_url)
+    try:
+        unnamed.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(insert(unnamed.tables[ledger]), _ledger_row("chatcmpl-old"))
+        store = Store(database_url, table_prefix=tables.prefix, check_schema=False)
+        try:
+            store.upgrade_database()
+            [old] = store.ledger_rows("chatcmpl-old")
+            assert (old.round, old.status, old.cost_nanos) == (1, "ok", 7)
+        finally:
+            store.close()
+        uniques = inspect(engine).get_unique_constraints(ledger)
+        assert ["request_id", "round"] in [u["column_names"] for u in uniques]
+        assert ["request_id"] not in [u["column_names"] for u in uniques]
+        with engine.begin() as conn:
+            conn.execute(insert(tables.ledger), _ledger_row("chatcmpl-old", round=2))
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(insert(tables.ledger), _ledger_row("chatcmpl-old", round=2))
+    finally:
+        engine.dispose()
+
+
+def test_revision_0005_goes_down_and_up_again_but_not_over_tool_rounds(
+    database_url: str, tables: Tables
+) -> None:
+    from alembic import command
+
+    store = Store(database_url, table_prefix=tables.prefix, check_schema=False)
+    try:
+        store.upgrade_database()
+        with store.engine.begin() as conn:
+            conn.execute(insert(tables.ledger), _ledger_row("chatcmpl-one"))
+            conn.execute(insert(tables.ledger), _ledger_row("chatcmpl-two", round=2))
+        with (
+            pytest.raises(RuntimeError, match="round > 1"),
+            store.engine.connect() as conn,
+            conn.begin(),
+        ):
+            command.downgrade(schema.alembic_config(conn, tables), "0004")
+        with store.engine.begin() as conn:
+            conn.execute(tables.ledger.delete().where(tables.ledger.c.round > 1))
+        with store.engine.connect() as conn, conn.begin():
+            command.downgrade(schema.alembic_config(conn, tables), "0004")
+        assert store.database_revision()[0] == "0004"
+        found = inspect(store.engine)
+        assert "round" not in {c["name"] for c in found.get_columns(tables.prefix + "ledger")}
+        assert "allowed_tools" not in {
+            c["name"] for c in found.get_columns(tables.prefix + "api_keys")
+        }
+        assert store.upgrade_database() == schema.head_revision()
+        assert [r.round for r in store.ledger_rows("chatcmpl-one")] == [1]
+    finally:
+        store.close()
+    assert differences(database_url, tables) == []
 
 
 def test_a_database_behind_or_ahead_of_the_code_is_refused(

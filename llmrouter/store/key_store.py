@@ -29,9 +29,10 @@ CHANGEABLE = frozenset(
         "requests_per_minute",
         "allowed_models",
         "allowed_providers",
+        "allowed_tools",
     }
 )
-_RESTRICTIONS = frozenset({"allowed_models", "allowed_providers"})
+_RESTRICTIONS = frozenset({"allowed_models", "allowed_providers", "allowed_tools"})
 
 
 def hash_secret(secret: str) -> str:
@@ -90,6 +91,7 @@ class KeyStore:
         requests_per_minute: int | None = None,
         allowed_models: tuple[str, ...] | None = None,
         allowed_providers: tuple[str, ...] | None = None,
+        allowed_tools: tuple[str, ...] | None = None,
     ) -> tuple[KeyRecord, str]:
         """A new key and its secret. The secret is returned once and never stored."""
         secret = _new_secret()
@@ -104,6 +106,7 @@ class KeyStore:
                     "secret_hint": _hint(secret),
                     "allowed_models": _names_column(allowed_models),
                     "allowed_providers": _names_column(allowed_providers),
+                    "allowed_tools": _names_column(allowed_tools),
                     "restrictions_version": 0,
                     "is_admin": is_admin,
                     "created_at": now,
@@ -241,6 +244,7 @@ def _key_record(row: Any, *, found_by_hash: bool = False) -> KeyRecord:
         requests_per_minute=row.requests_per_minute,
         allowed_models=_names(row.allowed_models),
         allowed_providers=_names(row.allowed_providers),
+        allowed_tools=_names(row.allowed_tools),
         restrictions_version=row.restrictions_version,
         secret_hash=row.secret_hash if found_by_hash else None,
     )

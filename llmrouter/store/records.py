@@ -166,6 +166,26 @@ class SweptCall:
     admission: str
     started_at: int
     released_nanos: int
+    #: the exchange's upstream round the row was (see ``Ticket.round``)
+    round: int = 1
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One ledger row of an exchange, as ``Store.ledger_rows`` reads it: one per upstream
+    round; money in nano-dollars."""
+
+    round: int
+    status: str  # pending | ok | partial | failed | abandoned
+    provider: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_nanos: int
+    charged_nanos: int
+    reserved_nanos: int
+    admission: str  # allowance | credits | throttle
+    error: str | None
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,15 @@
 """The statements of a call's ticket — opened pending, completed, released or swept —
 built once per store and bound per call (the request path).
 
+A ticket's row is found by its exchange and round (``l_request_id``, ``l_round``): the
+rows of one built-in tool exchange share its ``request_id``.
+
 Bind names carry a prefix because SQLAlchemy reserves a column's own name in SET clauses.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, delete, insert, update
+from sqlalchemy import BigInteger, bindparam, delete, insert, select, update
 
 from .tables import Tables
 
@@ -19,6 +22,7 @@ class SettlementStatements:
         _k, _l, _t = api_keys.c, ledger.c, provider_totals.c
         key = _k.id == bindparam("s_key")
         pending = _l.status == "pending"
+        ticket = (_l.request_id == bindparam("l_request_id"), _l.round == bindparam("l_round"))
 
         self.ticket_insert = insert(ledger)
 
@@ -40,16 +44,24 @@ class SettlementStatements:
             error=bindparam("l_error"),
             deadline_at=None,
         )
-        self.ticket_complete = complete.where(_l.request_id == bindparam("l_request_id"), pending)
+        self.ticket_complete = complete.where(*ticket, pending)
         # The call's own settlement, after the sweeper closed its row: still billed, once.
-        self.ticket_complete_late = complete.where(
-            _l.request_id == bindparam("l_request_id"), _l.status == "abandoned"
-        )
+        self.ticket_complete_late = complete.where(*ticket, _l.status == "abandoned")
 
         # A request that never became a call (no provider could carry it) leaves no row.
-        self.ticket_delete = delete(ledger).where(
-            _l.request_id == bindparam("l_request_id"), pending
+        self.ticket_delete = delete(ledger).where(*ticket, pending)
+
+        # A later round of a paid exchange takes its reservation only if the balance covers
+        # it (so concurrent rounds of one key never drive it below zero), and only from a key
+        # not revoked; the row lock it takes comes before the round's ledger row, as in the
+        # admission.
+        reserve = bindparam("s_reserved", type_=BigInteger)
+        self.reserve_round = (
+            update(api_keys)
+            .where(key, _k.revoked_at.is_(None), _k.balance_nanos >= reserve)
+            .values(balance_nanos=_k.balance_nanos - reserve)
         )
+        self.lock_active_key = select(_k.id).where(key, _k.revoked_at.is_(None)).with_for_update()
 
         self.ticket_abandon = (
             update(ledger)
@@ -94,7 +106,8 @@ class SettlementStatements:
             update(provider_totals)
             .where(_t.provider == bindparam("t_provider"))
             .values(
-                requests=_t.requests + 1,
+                # the exchanges (round 1), as the usage report counts them
+                requests=_t.requests + bindparam("t_requests"),
                 prompt_tokens=_t.prompt_tokens + bindparam("t_prompt"),
                 completion_tokens=_t.completion_tokens + bindparam("t_completion"),
                 cost_nanos=_t.cost_nanos + bindparam("t_cost"),

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Connection, Update, bindparam, func, select, text
+from sqlalchemy import Connection, Update, bindparam, case, distinct, func, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -21,6 +21,7 @@ from .key_store import KeyStatements, KeyStore
 from .records import (
     Admission,
     AdmissionKind,
+    LedgerEntry,
     ProviderTotal,
     QuotaDefaults,
     Settlement,
@@ -244,20 +245,70 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
             ticket=ticket,
         )
 
+    def open_round(
+        self,
+        ticket: Ticket,
+        *,
+        round: int,
+        now: int,
+        deadline_at: int,
+        reserve_nanos: int,
+        provider: str,
+        model: str,
+        upstream_model: str,
+    ) -> Ticket | None:
+        """The ticket of upstream round ``round`` of ``ticket``'s exchange (a built-in tool
+        loop calling the model again): its ``pending`` row, written in one transaction with
+        what it takes. A credits-paid exchange takes ``reserve_nanos`` from the balance, only
+        if the balance covers it (never below zero, however many rounds run at once): when
+        it does not, nothing is written and the answer is None. Any other exchange reserves
+        nothing. No allowance unit, throttle slot or minute count is taken: the exchange
+        counted once, at its admission.
+
+        ``NotFoundError`` when the key is revoked (or gone)."""
+        paid = ticket.kind is AdmissionKind.CREDITS
+        opened = Ticket(
+            request_id=ticket.request_id,
+            key_id=ticket.key_id,
+            kind=ticket.kind,
+            at=now,
+            day=ticket.day,
+            reserved_nanos=reserve_nanos if paid else 0,
+            slot_at=0,
+            deadline_at=deadline_at,
+            round=round,
+        )
+        key = {"s_key": ticket.key_id, "s_reserved": opened.reserved_nanos}
+        with self.transaction() as conn:
+            if paid:
+                if not conn.execute(self._sql.reserve_round, key).rowcount:
+                    # Short of money, or the key revoked: which one, read under the lock.
+                    if conn.execute(self._sql.lock_active_key, key).first() is None:
+                        raise _revoked(ticket.key_id)
+                    return None
+            elif conn.execute(self._sql.lock_active_key, key).first() is None:
+                raise _revoked(ticket.key_id)
+            conn.execute(
+                self._sql.ticket_insert, _pending_row(opened, provider, model, upstream_model)
+            )
+        return opened
+
     def settle(self, settlement: Settlement) -> bool:
         """Complete the call's ticket row and move its money, in one transaction.
 
         A failed call hands back what its admission took (allowance, throttle slot,
-        reservation). A ticket already settled changes nothing: returns False. A ticket
-        the sweeper closed (its process was thought dead) is still settled, once: the
-        reservation already went back, so the charge is taken from the balance as it is
-        now (which may leave it below zero: a debt that refuses paid calls until a top-up),
-        and a failed call hands back the allowance unit the sweeper kept.
+        reservation; a later round of a tool exchange, only its reservation). A ticket
+        already settled changes nothing: returns False. A ticket the sweeper closed (its
+        process was thought dead) is still settled, once: the reservation already went
+        back, so the charge is taken from the balance as it is now (which may leave it
+        below zero: a debt that refuses paid calls until a top-up), and a failed call
+        hands back the allowance unit the sweeper kept (round 1 only).
         """
         ticket = settlement.ticket
         charged = settlement.charged_nanos
         params = {
             "l_request_id": ticket.request_id,
+            "l_round": ticket.round,
             "l_provider": settlement.provider,
             "l_model": settlement.model,
             "l_upstream_model": settlement.upstream_model,
@@ -296,23 +347,35 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
                 settlement.prompt_tokens,
                 settlement.completion_tokens,
                 settlement.cost_nanos,
+                exchanges=1 if ticket.round == 1 else 0,
             )
         return True
 
     def release(self, ticket: Ticket) -> bool:
         """Hand back an admission whose request never became a call: its row goes, and what
-        it took comes back. A ticket already completed changes nothing: returns False."""
+        it took comes back (a later round of a tool exchange: only its reservation). A
+        ticket already completed changes nothing: returns False."""
         with self.transaction() as conn:
             self._lock_key_first(conn, ticket.key_id)
             deleted = conn.execute(
-                self._sql.ticket_delete, {"l_request_id": ticket.request_id}
+                self._sql.ticket_delete,
+                {"l_request_id": ticket.request_id, "l_round": ticket.round},
             ).rowcount
             if deleted:
                 self._release(conn, ticket)
         return bool(deleted)
 
     def _release(self, conn: Connection, ticket: Ticket) -> None:
-        """Give back what a call that produced nothing took at admission."""
+        """Give back what a call that produced nothing took at admission. A later round of an
+        exchange took only its reservation: the allowance unit, throttle slot and minute
+        count are round 1's, held for the whole exchange."""
+        if ticket.round > 1:
+            if ticket.reserved_nanos:
+                conn.execute(
+                    self._sql.release_credits,
+                    {"s_key": ticket.key_id, "s_reserved": ticket.reserved_nanos},
+                )
+            return
         statement = {
             AdmissionKind.ALLOWANCE: self._sql.release_allowance,
             AdmissionKind.CREDITS: self._sql.release_credits,
@@ -334,8 +397,10 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
         every one admitted before it but those of video tasks) as
         ``abandoned``: the reservation is released; the
         allowance unit and throttle slot stay used, since the upstream may have served the
-        call; the row keeps cost 0 and says why. Each row in its own transaction, and only
-        while still pending, so a settlement racing the sweep wins or loses whole."""
+        call; the row keeps cost 0 and says why. (A later round of a tool exchange holds
+        only its reservation: that is all its row gives back.) Each row in its own
+        transaction, and only while still pending, so a settlement racing the sweep wins
+        or loses whole."""
         c = self.tables.ledger.c
         if started_before is None:
             due = c.deadline_at <= now
@@ -351,6 +416,7 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
                 select(
                     c.id,
                     c.request_id,
+                    c.round,
                     c.key_id,
                     c.admission,
                     c.started_at,
@@ -378,16 +444,29 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
                     )
             swept.append(
                 SweptCall(
-                    row.request_id, row.key_id, row.admission, row.started_at, row.reserved_nanos
+                    row.request_id,
+                    row.key_id,
+                    row.admission,
+                    row.started_at,
+                    row.reserved_nanos,
+                    round=row.round,
                 )
             )
         return swept
 
     def _add_provider_total(
-        self, conn: Connection, provider: str, prompt: int, completion: int, cost: int
+        self,
+        conn: Connection,
+        provider: str,
+        prompt: int,
+        completion: int,
+        cost: int,
+        *,
+        exchanges: int = 1,
     ) -> None:
         params = {
             "t_provider": provider,
+            "t_requests": exchanges,
             "t_prompt": prompt,
             "t_completion": completion,
             "t_cost": cost,
@@ -430,6 +509,29 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
 
     # ---------------------------------------------------------------- reports
 
+    def ledger_rows(self, request_id: str) -> list[LedgerEntry]:
+        """The ledger rows of one exchange (its admission's ``request_id``), by round."""
+        c = self.tables.ledger.c
+        query = (
+            select(
+                c.round,
+                c.status,
+                c.provider,
+                c.model,
+                c.prompt_tokens,
+                c.completion_tokens,
+                c.cost_nanos,
+                c.charged_nanos,
+                c.reserved_nanos,
+                c.admission,
+                c.error,
+            )
+            .where(c.request_id == request_id)
+            .order_by(c.round)
+        )
+        with self.transaction(read_only=True) as conn:
+            return [LedgerEntry(**row._mapping) for row in conn.execute(query)]
+
     def usage(
         self,
         *,
@@ -437,19 +539,25 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
         since_day: int | None = None,
         until_day: int | None = None,
     ) -> list[UsageRow]:
-        """Calls, tokens, cost and charges per key, day, provider and model."""
+        """Requests, tokens, cost and charges per key, day, provider and model.
+
+        A request is an exchange: a built-in tool loop's rounds add their tokens, cost and
+        charges to it, not requests (its round 1 is the request), and it counts as failed
+        (or abandoned) once when any of its rounds did."""
         c = self.tables.ledger.c
-        failed = func.sum(func.cast(c.status == "failed", c.prompt_tokens.type))
-        abandoned = func.sum(func.cast(c.status == "abandoned", c.prompt_tokens.type))
+
+        def exchanges_where(condition: Any) -> Any:
+            return func.count(distinct(case((condition, c.request_id))))
+
         query = (
             select(
                 c.key_id,
                 c.day,
                 c.provider,
                 c.model,
-                func.count().label("requests"),
-                failed.label("failed"),
-                abandoned.label("abandoned"),
+                func.sum(case((c.round == 1, 1), else_=0)).label("requests"),
+                exchanges_where(c.status == "failed").label("failed"),
+                exchanges_where(c.status == "abandoned").label("abandoned"),
                 func.sum(c.prompt_tokens).label("prompt_tokens"),
                 func.sum(c.completion_tokens).label("completion_tokens"),
                 func.sum(c.cost_nanos).label("cost_nanos"),
@@ -496,6 +604,10 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
         ]
 
 
+def _revoked(key_id: str) -> NotFoundError:
+    return NotFoundError(f"no active API key with id '{key_id}'", param="key_id")
+
+
 def _with_result(statement: Update, tables: Tables, *, returning: bool) -> Update:
     return statement.returning(*result_columns(tables)) if returning else statement
 
@@ -504,6 +616,7 @@ def _pending_row(ticket: Ticket, provider: str, model: str, upstream_model: str)
     """The ledger row an admitted call holds until it is settled, released or swept."""
     return {
         "request_id": ticket.request_id,
+        "round": ticket.round,
         "key_id": ticket.key_id,
         "provider": provider,
         "model": model,

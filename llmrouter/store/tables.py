@@ -7,7 +7,9 @@ Times are integer Unix milliseconds; ``day`` columns are UTC days since 1970-01-
 A ledger row is written by the admission, as ``pending``, in the same transaction as the
 admission statement: it is the call's ticket, saying what the call holds (its allowance
 unit, throttle slot or reservation) until settlement completes it (``ok`` / ``partial`` /
-``failed``) or the sweeper closes it (``abandoned``).
+``failed``) or the sweeper closes it (``abandoned``). A built-in tool loop adds a row per
+further upstream round of the same exchange (``request_id`` + ``round``), each holding
+only its own reservation (``Store.open_round``).
 
 Constraints and indexes are named by ``NAMING_CONVENTION``, so every database (and every
 Alembic revision) calls them the same. A change to these tables needs its revision in
@@ -31,6 +33,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 
@@ -119,13 +122,19 @@ def build_tables(prefix: str = DEFAULT_PREFIX) -> Tables:
         # admission compares with the version its caller decided on (see admission.py)
         Column("allowed_models", Text, nullable=True),
         Column("allowed_providers", Text, nullable=True),
+        # the router's built-in tools the key may be offered, a JSON list of tool names
+        # (NULL: every one the config enables)
+        Column("allowed_tools", Text, nullable=True),
         Column("restrictions_version", Integer, nullable=False, server_default=text("0")),
     )
     ledger = Table(
         prefix + "ledger",
         metadata,
         Column("id", _BigId, primary_key=True, autoincrement=True),
-        Column("request_id", String(64), nullable=False, unique=True),
+        # the exchange (one admission) and its upstream round: 1, then one row per further
+        # round of a built-in tool loop (which holds only its own reservation)
+        Column("request_id", String(64), nullable=False),
+        Column("round", Integer, nullable=False, server_default=text("1")),
         Column("key_id", String(32), nullable=False),
         Column("provider", String(100), nullable=False),
         Column("model", String(320), nullable=False),
@@ -147,6 +156,7 @@ def build_tables(prefix: str = DEFAULT_PREFIX) -> Tables:
         Column("reserved_nanos", BigInteger, nullable=False, default=0),
         Column("slot_at", BigInteger, nullable=False, default=0),
         Column("deadline_at", BigInteger, nullable=True),
+        UniqueConstraint("request_id", "round"),
         Index(None, "key_id", "day"),
         Index(None, "day"),
         Index(None, "status", "deadline_at"),

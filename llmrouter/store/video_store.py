@@ -90,7 +90,7 @@ class VideoTaskStore:
         _v, _l = self.tables.video_tasks.c, self.tables.ledger.c
         statement = (
             select(self.tables.video_tasks)
-            .join(self.tables.ledger, _l.request_id == _v.request_id)
+            .join(self.tables.ledger, (_l.request_id == _v.request_id) & (_l.round == 1))
             .where(_v.status.in_(FINAL_STATUSES), _l.status.in_(_UNSETTLED))
             .limit(limit)
         )
@@ -134,7 +134,8 @@ class VideoTaskStore:
         chat sweeper closed it, and a settlement still completes it once); None once it
         is settled."""
         _l = self.tables.ledger.c
-        statement = select(self.tables.ledger).where(_l.request_id == request_id)
+        # a video task's exchange has one round
+        statement = select(self.tables.ledger).where(_l.request_id == request_id, _l.round == 1)
         with self.transaction(read_only=True) as conn:
             row = conn.execute(statement).first()
         if row is None or row.admission not in _KINDS or row.status not in _UNSETTLED:
