@@ -23,10 +23,14 @@ from .errors import AuthenticationError, InvalidRequestError
 from .naming import MAX_MODEL_NAME
 from .schemas import parse_body
 from .store import KeyRecord, Store, hash_secret
+from .tools import TOOL_NAME
 
-#: at most this many entries in each of ``allowed_models`` / ``allowed_providers``
+#: at most this many entries in each of ``allowed_models`` / ``allowed_providers`` /
+#: ``allowed_tools``
 MAX_RESTRICTIONS = 100
 MAX_PROVIDER_NAME = 100
+#: the lists of names a key may hold (JSON lists in the store)
+NAME_LISTS = ("allowed_models", "allowed_providers", "allowed_tools")
 
 
 def _printable(name: str) -> str:
@@ -60,6 +64,9 @@ class KeyChanges(BaseModel):
     #: or a provider connection may be added later, and simply matches nothing until then
     allowed_models: list[_ModelName] | None = Field(default=None, max_length=MAX_RESTRICTIONS)
     allowed_providers: list[_ProviderName] | None = Field(default=None, max_length=MAX_RESTRICTIONS)
+    #: the router's built-in tools the key may be offered (``[]``: none; ``null``: every
+    #: one the config enables); a name no tool has (yet) is accepted, as for models
+    allowed_tools: list[str] | None = Field(default=None, max_length=MAX_RESTRICTIONS)
 
 
 class NewKey(KeyChanges):
@@ -85,10 +92,11 @@ Fields = TypeVar("Fields", bound=BaseModel)
 def parse_fields(model: type[Fields], fields: Mapping[str, Any]) -> Fields:
     """``fields`` checked by ``model``; 400 naming the first bad field otherwise."""
     parsed = parse_body(model, fields)
-    for name in ("allowed_models", "allowed_providers"):
+    for name in NAME_LISTS:
         names = getattr(parsed, name, None)
         if names is not None:
-            setattr(parsed, name, _checked_names(name, names))
+            tools = name == "allowed_tools"
+            setattr(parsed, name, _checked_tools(names) if tools else _checked_names(name, names))
     return parsed
 
 
@@ -97,7 +105,7 @@ def changes_of(parsed: KeyChanges) -> dict[str, Any]:
     changes = {name: getattr(parsed, name) for name in parsed.model_fields_set}
     if "name" in changes and changes["name"] is None:
         raise InvalidRequestError("Invalid 'name': a key needs a non-empty name.", param="name")
-    for name in ("allowed_models", "allowed_providers"):
+    for name in NAME_LISTS:
         if changes.get(name) is not None:
             changes[name] = tuple(changes[name])
     return {name: value for name, value in changes.items() if name in KeyChanges.model_fields}
@@ -131,6 +139,20 @@ def _checked_names(field: str, names: list[str]) -> list[str]:
     return list(unique.values())
 
 
+def _checked_tools(names: list[str]) -> list[str]:
+    """Tool names as ``@router.tool`` takes them, without repeats (compared exactly, as a
+    model calls a tool)."""
+    for index, name in enumerate(names):
+        if not TOOL_NAME.fullmatch(name):
+            where = f"allowed_tools[{index}]"
+            raise InvalidRequestError(
+                f"Invalid '{where}': {name!r:.80} is not a tool name (1 to 64 letters, digits, "
+                "'_' or '-').",
+                param=where,
+            )
+    return list(dict.fromkeys(names))
+
+
 def key_view(record: KeyRecord) -> dict[str, Any]:
     """A key as the API and ``keys … --json`` show it: never its secret nor its hash.
     Amounts are USD decimal strings; times are Unix seconds; a limit of None is the
@@ -151,6 +173,7 @@ def key_view(record: KeyRecord) -> dict[str, Any]:
         "requests_per_minute": record.requests_per_minute,
         "allowed_models": _listed(record.allowed_models),
         "allowed_providers": _listed(record.allowed_providers),
+        "allowed_tools": _listed(record.allowed_tools),
     }
 
 

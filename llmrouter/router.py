@@ -401,12 +401,15 @@ class Router:
         requests_per_minute: int | None = None,
         allowed_models: Sequence[str] | None = None,
         allowed_providers: Sequence[str] | None = None,
+        allowed_tools: Sequence[str] | None = None,
     ) -> tuple[KeyRecord, str]:
         """A new API key and its secret (shown once; only its hash is stored).
 
         ``allowed_models`` (``Provider#Model`` names) and ``allowed_providers`` restrict
         what the key may call; None (the default) leaves it unrestricted. A name no
-        provider has is accepted (it may be added later). Bad values: 400 naming them."""
+        provider has is accepted (it may be added later). ``allowed_tools``: the built-in
+        tools the key may be offered (None: every one the config enables; empty: none).
+        Bad values: 400 naming them."""
         if not isinstance(name, str) or not name.strip():
             raise InvalidRequestError("a key needs a non-empty name", param="name")
         fields = parse_fields(
@@ -418,6 +421,7 @@ class Router:
                 "requests_per_minute": requests_per_minute,
                 "allowed_models": _as_list(allowed_models),
                 "allowed_providers": _as_list(allowed_providers),
+                "allowed_tools": _as_list(allowed_tools),
             },
         )
         checked = changes_of(fields)
@@ -431,6 +435,7 @@ class Router:
             requests_per_minute=checked["requests_per_minute"],
             allowed_models=checked["allowed_models"],
             allowed_providers=checked["allowed_providers"],
+            allowed_tools=checked["allowed_tools"],
         )
         self.keys.forget_all()
         return record, secret
@@ -442,10 +447,11 @@ class Router:
     def update_key(self, key_id: str, /, **changes: Any) -> KeyRecord:
         """Change a key's ``name``, limits (``daily_requests``, ``throttle_seconds``,
         ``requests_per_minute``; None: back to the ``[quota]`` default) or restrictions
-        (``allowed_models``, ``allowed_providers``; None: lifted). Only the fields given
-        change. Every process sees new limits and restrictions at the key's next admission."""
+        (``allowed_models``, ``allowed_providers``, ``allowed_tools``; None: lifted). Only
+        the fields given change. Every process sees new limits and restrictions at the
+        key's next admission."""
         key_id = _key_id(key_id)
-        for name in ("allowed_models", "allowed_providers"):
+        for name in ("allowed_models", "allowed_providers", "allowed_tools"):
             if name in changes:
                 changes[name] = _as_list(changes[name])
         fields = parse_fields(KeyChanges, changes)

@@ -132,6 +132,10 @@ def test_admin_routes_refuse_no_key_and_a_non_admin_key(
         ({"name": "x", "allowed_models": ["altllm-basic"]}, "allowed_models[0]"),
         ({"name": "x", "allowed_models": ["echo#echo", 3]}, "allowed_models[1]"),
         ({"name": "x", "allowed_providers": ["echo#echo"]}, "allowed_providers[0]"),
+        ({"name": "x", "allowed_tools": "lookup"}, "allowed_tools"),
+        ({"name": "x", "allowed_tools": ["lookup", "look up"]}, "allowed_tools[1]"),
+        ({"name": "x", "allowed_tools": ["t" * 65]}, "allowed_tools[0]"),
+        ({"name": "x", "allowed_tools": [None]}, "allowed_tools[0]"),
         ({"name": "a\u0000b"}, "name"),
         ({"name": "\u001b[31mred"}, "name"),
         ({"name": "x", "credits": "1" + "0" * 5000}, "credits"),
@@ -145,6 +149,23 @@ def test_bad_input_to_create_is_a_400_naming_the_field(
     assert answer.status_code == 400, answer.text
     error = answer.json()["error"]
     assert error["param"] == param and error["type"] == "invalid_request_error"
+
+
+def test_a_keys_allowed_tools_over_http(live_api: str, admin: str) -> None:
+    made = call(live_api, "POST", "/v1/keys", admin, {"name": "t", "allowed_tools": ["lookup"]})
+    assert made.status_code == 201, made.text
+    key = made.json()
+    assert key["allowed_tools"] == ["lookup"]
+    path = f"/v1/keys/{key['id']}"
+    assert call(live_api, "GET", path, admin).json()["allowed_tools"] == ["lookup"]
+    none = call(live_api, "PATCH", path, admin, {"allowed_tools": []})
+    assert (none.status_code, none.json()["allowed_tools"]) == (200, [])
+    bad = call(live_api, "PATCH", path, admin, {"allowed_tools": ["a.b"]})
+    assert (bad.status_code, bad.json()["error"]["param"]) == (400, "allowed_tools[0]")
+    lifted = call(live_api, "PATCH", path, admin, {"allowed_tools": None})
+    assert lifted.json()["allowed_tools"] is None
+    plain = call(live_api, "POST", "/v1/keys", admin, {"name": "plain"}).json()
+    assert plain["allowed_tools"] is None
 
 
 def test_bad_input_to_the_other_routes(live_api: str, admin: str, router: Router) -> None:

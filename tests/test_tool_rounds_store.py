@@ -1,6 +1,6 @@
 """The money of a built-in tool exchange on every store backend: one admission, then a
 ledger row per upstream round (``request_id`` + ``round``), each reserving for itself and
-settled, released or swept on its own, with exact sums.
+settled, released or swept on its own, with exact sums; and the key's ``allowed_tools``.
 
 Each test runs on tables of this module's own (a prefix made for it on a server), so no
 other test's sweep closes its rows, nor its sweeps theirs.
@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from llmrouter.errors import NotFoundError
+from llmrouter import Router
+from llmrouter.errors import InvalidRequestError, NotFoundError
+from llmrouter.keys import key_view
 from llmrouter.store import (
     AdmissionKind,
     KeyRecord,
@@ -27,7 +29,7 @@ from llmrouter.store import (
     Ticket,
 )
 from llmrouter.store.tables import build_tables
-from tests.conftest import database_urls, drop_tables
+from tests.conftest import database_urls, drop_tables, gateway_config
 
 pytestmark = pytest.mark.parametrize("database_url", database_urls(), indirect=True)
 
@@ -442,3 +444,58 @@ def test_usage_counts_one_request_for_a_three_round_exchange(books: Books) -> No
         books.settle(opened, 0, status="failed")
     [row] = books.store.usage(key_id=key.id)
     assert (row.requests, row.failed, row.abandoned) == (3, 1, 0)
+
+
+# ---------------------------------------------------------------------- allowed_tools
+
+
+@pytest.fixture
+def router(make_router: Callable[..., Router], database_url: str) -> Router:
+    return make_router(gateway_config(database_url=database_url))
+
+
+def test_allowed_tools_round_trip_through_create_update_and_the_key_view(router: Router) -> None:
+    record, _ = router.create_key(
+        "tools", allowed_tools=("lookup_price", "stock-2", "lookup_price")
+    )
+    assert record.allowed_tools == ("lookup_price", "stock-2")
+    assert key_view(record)["allowed_tools"] == ["lookup_price", "stock-2"]
+    assert router.get_key(record.id).allowed_tools == ("lookup_price", "stock-2")
+
+    none = router.update_key(record.id, allowed_tools=[])
+    assert (none.allowed_tools, key_view(none)["allowed_tools"]) == ((), [])
+    assert none.restrictions_version == record.restrictions_version + 1
+    lifted = router.update_key(record.id, allowed_tools=None)
+    assert (lifted.allowed_tools, key_view(lifted)["allowed_tools"]) == (None, None)
+    assert lifted.restrictions_version == record.restrictions_version + 2
+    renamed = router.update_key(record.id, name="renamed")  # not a restriction
+    assert renamed.restrictions_version == lifted.restrictions_version
+
+    plain, _ = router.create_key("plain")
+    assert plain.allowed_tools is None and key_view(plain)["allowed_tools"] is None
+
+
+@pytest.mark.parametrize(
+    ("value", "param"),
+    [
+        ("lookup_price", "allowed_tools"),
+        (["ok", "has space"], "allowed_tools[1]"),
+        (["x" * 65], "allowed_tools[0]"),
+        ([""], "allowed_tools[0]"),
+        (["dotted.name"], "allowed_tools[0]"),
+        (["name\n"], "allowed_tools[0]"),
+        ([7], "allowed_tools[0]"),
+        ([f"t{i}" for i in range(101)], "allowed_tools"),
+    ],
+)
+def test_bad_allowed_tools_are_refused_naming_the_field(
+    router: Router, value: Any, param: str
+) -> None:
+    with pytest.raises(InvalidRequestError) as refused:
+        router.create_key("bad", allowed_tools=value)
+    assert refused.value.param == param
+    record, _ = router.create_key("good")
+    with pytest.raises(InvalidRequestError) as refused:
+        router.update_key(record.id, allowed_tools=value)
+    assert refused.value.param == param
+    assert router.get_key(record.id) == record
