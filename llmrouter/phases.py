@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .billing import Prices
 from .errors import (
     AuthenticationError,
+    InsufficientCreditsError,
     LLMRouterError,
     ModelNotAllowedError,
     NotFoundError,
@@ -164,6 +165,39 @@ class RequestPhases:
         raise StoreUnavailableError(
             "This API key's restrictions kept changing while the request was admitted; try again."
         )
+
+    def next_round(
+        self, ticket: Ticket, target: Target, reserve_nanos: int, *, lifetime_ms: int
+    ) -> Ticket:
+        """The ticket of the next upstream round of ``ticket``'s exchange (built-in tool
+        calls answered, the model asked again): its own pending row, holding
+        ``reserve_nanos`` from the balance when the exchange is paid. No allowance unit,
+        throttle slot or minute is taken again. A balance that cannot cover it is a 402;
+        a key revoked meanwhile a 401."""
+        now = self._now_ms()
+        round_ = ticket.round + 1
+        try:
+            opened = self._store.open_round(
+                ticket,
+                round=round_,
+                now=now,
+                deadline_at=now + lifetime_ms,
+                reserve_nanos=reserve_nanos if ticket.kind is AdmissionKind.CREDITS else 0,
+                provider=target.provider,
+                model=target.public_id,
+                upstream_model=target.upstream_model,
+            )
+        except NotFoundError:
+            raise AuthenticationError(
+                "This API key was revoked while its request was being answered."
+            ) from None
+        if opened is None:
+            raise InsufficientCreditsError(
+                f"The balance cannot cover round {round_} of this request (the model asked for "
+                f"another round after built-in tool calls); the {round_ - 1} round(s) "
+                "before it are billed. Top up, or lower max_tokens."
+            )
+        return opened
 
     def release(self, ticket: Ticket) -> None:
         """Hand back what the admission took: the request never became a call (once)."""

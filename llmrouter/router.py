@@ -30,11 +30,12 @@ from .errors import (
 from .keys import KeyAuthenticator, KeyChanges, changes_of, parse_fields
 from .metering import MeteredStream, StreamEnd
 from .naming import ModelCatalog, Target
-from .phases import RequestPhases
+from .phases import Admitted, RequestPhases
 from .providers.base import ChunkStream
 from .providers.directory import ProviderDirectory
 from .providers.live_directory import LiveDirectory
 from .quota import QuotaPolicy, RateLimitInfo
+from .redaction import Redactor
 from .schemas import (
     ChatCompletion,
     ChatRequest,
@@ -49,9 +50,12 @@ from .store import (
     ProviderTotal,
     Store,
     SweptCall,
-    Ticket,
     UsageRow,
 )
+from .tool_exchange import ExchangeServices, ToolExchange, complete_exchange, with_builtin_tools
+from .tool_runner import ToolRunner
+from .tool_selection import offered_tools
+from .tool_stream import stream_exchange
 from .tools import RegisteredTool, ToolRegistry
 from .video import VideoTasks
 
@@ -139,6 +143,14 @@ class Router:
             p.connect_timeout + p.read_timeout for p in (*settings.providers, CONNECTION_DEFAULTS)
         )
         self._ticket_lifetime = settings.max_call_seconds + longest_attempt + SETTLE_GRACE_SECONDS
+        self._tool_runner = ToolRunner(self._redact)
+        self._exchange_services = ExchangeServices(
+            self.phases,
+            self.dispatcher,
+            self._tool_runner,
+            settings.tools,
+            int(self._ticket_lifetime * 1000),
+        )
         self.store.ensure_providers([p.name for p in settings.providers])
 
     @classmethod
@@ -199,6 +211,7 @@ class Router:
         """Release connections; settlements still waiting for the database get a few
         seconds, then are left to the sweeper."""
         self._settlements.close()
+        self._tool_runner.close()
         self._live.close()
         self.store.close()
 
@@ -303,7 +316,9 @@ class Router:
         request = _with_defaults(request, directory.request_defaults(target.provider))
         targets = [target, *directory.catalog.fallbacks(target)]
         key, targets = self.phases.allowed_targets(key, targets)
-        reserve = max(reservation_nanos(request, t.model) for t in targets)
+        tools = offered_tools(self.tools, self.settings.tools, target.model, key, request)
+        sent = with_builtin_tools(request, tools) if tools else request
+        reserve = max(reservation_nanos(sent, t.model) for t in targets)
         admitted = self.phases.admit(
             key,
             targets,
@@ -311,8 +326,10 @@ class Router:
             request_id="chatcmpl-" + uuid.uuid4().hex,
             lifetime_ms=int(self._ticket_lifetime * 1000),
         )
-        ticket, rate_limit, targets = admitted.ticket, admitted.rate_limit, admitted.targets
         deadline = time.monotonic() + self.settings.max_call_seconds
+        if tools:
+            return self._tool_exchange(request, tools, admitted, directory, deadline)
+        ticket, rate_limit, targets = admitted.ticket, admitted.rate_limit, admitted.targets
         try:
             if request.stream:
                 upstream, served = self.dispatcher.stream(
@@ -324,12 +341,17 @@ class Router:
                 )
         except BaseException as exc:
             self.phases.dispatch_failed(ticket, targets[0], exc)
-            if isinstance(exc, LLMRouterError):
-                exc.headers = {**rate_limit.headers(), **exc.headers}
+            _with_rate_limit(exc, rate_limit)
             raise
         if request.stream:
+
+            def on_end(end: StreamEnd) -> None:
+                self.phases.settle(
+                    ticket, served, end.status, end.usage, end.usage_estimated, end.error
+                )
+
             return ChatResult(
-                self._metered(request, ticket, upstream, served, deadline),
+                self._client_stream(request, upstream, served, deadline, on_end),
                 rate_limit,
                 served.provider,
                 ticket.request_id,
@@ -339,19 +361,48 @@ class Router:
         completion.model = served.public_id
         return ChatResult(completion, rate_limit, served.provider, ticket.request_id, cost)
 
-    def _metered(
+    def _tool_exchange(
         self,
         request: ChatRequest,
-        ticket: Ticket,
+        tools: list[RegisteredTool],
+        admitted: Admitted,
+        directory: ProviderDirectory,
+        deadline: float,
+    ) -> ChatResult:
+        """A request offered built-in tools: the loop of ``tool_exchange.py``."""
+        exchange = ToolExchange(
+            self._exchange_services, request, tools, admitted, directory, deadline
+        )
+        request_id = admitted.ticket.request_id
+        try:
+            if not request.stream:
+                completion = complete_exchange(exchange)
+                return ChatResult(
+                    completion,
+                    admitted.rate_limit,
+                    exchange.served.provider,
+                    request_id,
+                    exchange.cost_nanos,
+                )
+            first = exchange.dispatch_stream(exchange.round_request())
+        except BaseException as exc:
+            _with_rate_limit(exc, admitted.rate_limit)
+            raise
+        options = request.llmrouter
+        chunks = stream_exchange(exchange, first, progress=bool(options and options.tool_progress))
+        stream = self._client_stream(
+            request, ChunkStream(chunks, chunks.close), first[1], deadline, lambda end: None
+        )
+        return ChatResult(stream, admitted.rate_limit, first[1].provider, request_id)
+
+    def _client_stream(
+        self,
+        request: ChatRequest,
         upstream: ChunkStream,
         served: Target,
         deadline: float,
+        on_end: Callable[[StreamEnd], None],
     ) -> MeteredStream:
-        def on_end(end: StreamEnd) -> None:
-            self.phases.settle(
-                ticket, served, end.status, end.usage, end.usage_estimated, end.error
-            )
-
         stream = MeteredStream(
             upstream,
             model=served.public_id,
@@ -374,6 +425,18 @@ class Router:
         now = self.now_ms()
         before = None if older_than is None else now - int(older_than * 1000) + 1
         return self.store.sweep(now=now, started_before=before)
+
+    def _redact(self, text: str) -> str:
+        """``text`` without any secret this router holds (a tool's error, before a model
+        reads it): provider keys and header values, the secret key, the database password."""
+        own = [self.settings.secret_key.get_secret_value() if self.settings.secret_key else ""]
+        own.append(self.store.engine.url.password or "")
+        for redactor in (
+            Redactor(own),
+            *(Redactor.for_provider(p) for p in self.directory.providers),
+        ):
+            text = redactor.redact(text)
+        return text
 
     def now_ms(self) -> int:
         """The router's clock (Unix milliseconds): every time the store records."""
@@ -549,6 +612,12 @@ class Router:
 
     def provider_totals(self) -> list[ProviderTotal]:
         return self.store.provider_totals()
+
+
+def _with_rate_limit(exc: BaseException, rate_limit: RateLimitInfo) -> None:
+    """An error answering an admitted request carries the key's rate-limit headers."""
+    if isinstance(exc, LLMRouterError):
+        exc.headers = {**rate_limit.headers(), **exc.headers}
 
 
 def _with_defaults(request: ChatRequest, defaults: Mapping[str, object]) -> ChatRequest:
