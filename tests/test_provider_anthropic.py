@@ -344,12 +344,12 @@ def test_parallel_tool_calls_with_text(adapter: ProviderAdapter) -> None:
     calls = [c.model_dump() for c in choice.message.tool_calls or []]
     assert calls == [
         {
-            "id": "toolu_00_get_weather",
+            "id": "toolu_00_00_get_weather",
             "type": "function",
             "function": {"name": "get_weather", "arguments": '{"city": "echo", "days": 7}'},
         },
         {
-            "id": "toolu_01_get_time",
+            "id": "toolu_00_01_get_time",
             "type": "function",
             "function": {"name": "get_time", "arguments": "{}"},
         },
@@ -528,13 +528,13 @@ def test_streamed_tool_call_deltas_count_tool_calls_only(adapter: ProviderAdapte
     assert starts == [
         {
             "index": 0,
-            "id": "toolu_00_get_weather",
+            "id": "toolu_00_00_get_weather",
             "type": "function",
             "function": {"name": "get_weather", "arguments": ""},
         },
         {
             "index": 1,
-            "id": "toolu_01_get_time",
+            "id": "toolu_00_01_get_time",
             "type": "function",
             "function": {"name": "get_time", "arguments": ""},
         },

@@ -378,7 +378,8 @@ def test_tool_round_trip_maps_foreign_ids_consistently(
 
     completion = adapter.chat(ask(*tool_round_trip(foreign), tools=[WEATHER_TOOL]), MODEL)
 
-    assert completion.choices[0].message.content == f"The tool said: sunny {foreign[1]}"
+    answer = f"The tool said: sunny {foreign[0]}; sunny {foreign[1]}"
+    assert completion.choices[0].message.content == answer
     sent = fake.last["messages"]
     call_ids = [call["id"] for call in sent[1]["tool_calls"]]
     assert [m["tool_call_id"] for m in sent[2:]] == call_ids

@@ -4,12 +4,20 @@ It rejects what api.anthropic.com rejects for current Claude models (same error 
 and types), answers deterministically, streams Anthropic's SSE events and records every
 request it received.
 
-Answers: the last user text echoed back; after tool results, ``"Tool results: a; b"``.
-Tools are called when ``tool_choice`` forces it (``any``: the tools the text names, else
-the first; ``tool``: that one, with no text before it, as Claude does) or, under ``auto``,
-for each tool whose name the user wrote, after a short text block. A tool's input holds
-a placeholder for each required property, so a tool without parameters gets ``{}``.
-Tokens are counted as whitespace-separated words.
+Answers: the last user text echoed back; after tool results, ``"Tool results: a; b"``
+(every tool_result of the last user turn, in order). Tools are called in stages: the
+text of the last user turn that has text is split on " then ", and while the assistant
+has made fewer tool_use turns since that turn (k) than there are stages, it calls, in one
+turn, every tool whose name stage k contains (in the order of ``tools``); a stage naming
+none is answered with text (the results, or the echo). A text without " then " is one
+stage. On the first turn ``tool_choice`` ``tool`` calls that one, with no text before it
+(as Claude does), and ``any`` the tools the text names, else the first; later turns
+follow the stages (``tool`` only ever calls its tool). Under ``auto`` the calls come after
+a short text block ("Let me call a and b."); ``disable_parallel_tool_use`` keeps the
+first call only. A tool's input holds a placeholder for each required property, so a tool
+without parameters gets ``{}``. Tool ids are ``toolu_<turn>_<index>_<name>``, ``turn``
+being the number of assistant turns before the answer, so the ids of one conversation
+never repeat. Tokens are counted as whitespace-separated words.
 
 Tests queue faults on ``fake.script`` (``tests.upstreams.faults.Fault``: Anthropic's
 error shape and types; mid-stream an ``error`` event, a dropped connection, an end before
@@ -384,19 +392,18 @@ def _blocks(content: Any) -> list[Any]:
 def _answer(body: dict[str, Any], message_id: str, shape: Shape) -> dict[str, Any]:
     """The complete Message the request gets (the stream is cut from it)."""
     messages = body["messages"]
-    last_user = next(m for m in reversed(messages) if m["role"] == "user")
-    blocks = _blocks(last_user["content"])
-    said = " ".join(b["text"] for b in blocks if b["type"] == "text")
-    results = [_result_text(b) for b in blocks if b["type"] == "tool_result"]
-    calls = [] if results else _tools_to_call(body, said)
+    last = _blocks(messages[-1]["content"]) if messages[-1]["role"] == "user" else []
+    results = [_result_text(b) for b in last if b["type"] == "tool_result"]
+    said, turns = _prompt(messages)
+    calls = _tools_to_call(body, said, turns)
     content: list[dict[str, Any]] = []
     if shape.thinking:
         content.append({"type": "thinking", "thinking": shape.thinking, "signature": "sig"})
-    forced = (body.get("tool_choice") or {}).get("type") in ("any", "tool")
-    if results:
-        text = "Tool results: " + "; ".join(results)
-    elif calls:
+    forced = (body.get("tool_choice") or {}).get("type") in ("any", "tool") and turns == 0
+    if calls:
         text = "" if forced else "Let me call " + " and ".join(t["name"] for t in calls) + "."
+    elif results:
+        text = "Tool results: " + "; ".join(results)
     else:
         text = said
     text, stop_reason, stop_sequence = _cut(text, body)
@@ -404,11 +411,12 @@ def _answer(body: dict[str, Any], message_id: str, shape: Shape) -> dict[str, An
         calls = []
     if text:
         content.append({"type": "text", "text": text})
+    assistant_turns = sum(1 for m in messages if m["role"] == "assistant")
     for i, tool in enumerate(calls):
         content.append(
             {
                 "type": "tool_use",
-                "id": f"toolu_{i:02d}_{tool['name']}",
+                "id": f"toolu_{assistant_turns:02d}_{i:02d}_{tool['name']}",
                 "name": tool["name"],
                 "input": _placeholder_input(tool["input_schema"]),
             }
@@ -435,15 +443,32 @@ def _answer(body: dict[str, Any], message_id: str, shape: Shape) -> dict[str, An
     }
 
 
-def _tools_to_call(body: dict[str, Any], said: str) -> list[dict[str, Any]]:
+def _prompt(messages: list[dict[str, Any]]) -> tuple[str, int]:
+    """The text of the last user turn with text, and the assistant's tool_use turns since."""
+    turns = 0
+    for message in reversed(messages):
+        blocks = _blocks(message["content"])
+        texts = [b["text"] for b in blocks if b["type"] == "text"]
+        if message["role"] == "user" and texts:
+            return " ".join(texts), turns
+        if message["role"] == "assistant" and any(b["type"] == "tool_use" for b in blocks):
+            turns += 1
+    return "", turns
+
+
+def _tools_to_call(body: dict[str, Any], said: str, turns: int) -> list[dict[str, Any]]:
+    """The tools this turn calls: see the module docstring for the stages."""
     tools = body.get("tools") or []
     choice = body.get("tool_choice") or {"type": "auto"}
-    named = [t for t in tools if t["name"] in said]
+    if choice["type"] == "tool":
+        tools = [t for t in tools if t["name"] == choice["name"]]
+    stages = said.split(" then ")
+    named = [t for t in tools if t["name"] in stages[turns]] if turns < len(stages) else []
     if choice["type"] == "none":
         calls = []
-    elif choice["type"] == "tool":
-        calls = [t for t in tools if t["name"] == choice["name"]]
-    elif choice["type"] == "any":
+    elif turns == 0 and choice["type"] == "tool":
+        calls = tools
+    elif turns == 0 and choice["type"] == "any":
         calls = named or tools[:1]
     else:
         calls = named

@@ -397,7 +397,7 @@ def _turn_problem(contents: list[dict[str, Any]], model: str) -> str | None:
                 "Please ensure that function response turn comes immediately after a function "
                 "call turn."
             )
-        if results and len(results) != len(before_calls):
+        if before_calls and len(results) != len(before_calls):
             return (
                 "Please ensure that the number of function response parts is equal to the "
                 "number of function call parts of the function call turn."
@@ -453,12 +453,12 @@ def answer(
     config = body.get("generationConfig") or {}
     last = body["contents"][-1]["parts"]
     results = [part["functionResponse"] for part in last if "functionResponse" in part]
-    said = " ".join(part["text"] for part in last if "text" in part)
-    calls = [] if results or ending else _calls(body, said)
-    if results:
-        text = "; ".join(f"{r['name']} returned {json.dumps(r['response'])}" for r in results)
-    elif calls:
+    said, turns = _prompt(body["contents"])
+    calls = [] if ending else _calls(body, said, turns)
+    if calls:
         text = ""
+    elif results:
+        text = "; ".join(f"{r['name']} returned {json.dumps(r['response'])}" for r in results)
     elif config.get("responseMimeType") == "application/json":
         schema = config.get("responseSchema")
         text = json.dumps(placeholder(schema) if schema else {"echo": said})
@@ -538,7 +538,21 @@ def placeholder(schema: dict[str, Any]) -> Any:
     return {"STRING": "sample", "INTEGER": 1, "NUMBER": 1.5, "BOOLEAN": True}.get(kind)
 
 
-def _calls(body: dict[str, Any], said: str) -> list[dict[str, Any]]:
+def _prompt(contents: list[dict[str, Any]]) -> tuple[str, int]:
+    """The text of the last user turn with text, and the model's function call turns since."""
+    turns = 0
+    for content in reversed(contents):
+        parts = content.get("parts") or []
+        texts = [part["text"] for part in parts if "text" in part]
+        if content.get("role", "user") == "user" and texts:
+            return " ".join(texts), turns
+        if content.get("role") == "model" and any("functionCall" in part for part in parts):
+            turns += 1
+    return "", turns
+
+
+def _calls(body: dict[str, Any], said: str, turns: int) -> list[dict[str, Any]]:
+    """This turn's calls: the functions stage ``turns`` of ``said`` names (see FakeGemini)."""
     declared = [
         d for tool in body.get("tools") or [] for d in tool.get("functionDeclarations") or []
     ]
@@ -546,11 +560,16 @@ def _calls(body: dict[str, Any], said: str) -> list[dict[str, Any]]:
     mode = str(calling.get("mode", "AUTO")).upper()
     if mode == "NONE" or not declared:
         return []
-    named = sorted((d for d in declared if d["name"] in said), key=lambda d: said.index(d["name"]))
     if mode == "ANY":
         allowed = calling.get("allowedFunctionNames") or [d["name"] for d in declared]
-        first_allowed = next(d for d in declared if d["name"] in allowed)
-        named = [d for d in named if d["name"] in allowed] or [first_allowed]
+        declared = [d for d in declared if d["name"] in allowed]
+    stages = said.split(" then ")
+    stage = stages[turns] if turns < len(stages) else ""
+    named = sorted(
+        (d for d in declared if d["name"] in stage), key=lambda d: stage.index(d["name"])
+    )
+    if mode == "ANY" and turns == 0:
+        named = named or declared[:1]
     return [
         {"name": d["name"], "args": placeholder(d.get("parameters") or {}) or {}} for d in named
     ]
@@ -609,8 +628,13 @@ class FakeGemini:
 
     Answers: the last user text echoed (cut by ``stopSequences`` and ``maxOutputTokens``,
     a word a token); calls of the declared functions the user text names, in the order
-    named, or under mode ANY of the allowed ones (the first allowed if none is named);
-    after function results, ``"<name> returned <response>"``; with ``responseMimeType``
+    named (under mode ANY only the allowed ones, and the first allowed if none is named on
+    the first turn); after function results, ``"<name> returned <response>"`` for each
+    response part of the last turn, joined by ``"; "``. Calls come in stages: the last user
+    text is split on " then ", and while the model has made fewer function call turns since
+    it (k) than there are stages, it calls, in one turn, every function stage k names; a
+    stage naming none is answered with text. A text without " then " is one stage. With
+    ``responseMimeType``
     ``application/json`` a JSON value (a placeholder of ``responseSchema``). Streams send
     the text three words an event, the calls in one event, the finish reason and the full
     usage on the last. Models ``gemini-2.5*`` and ``gemini-3*`` report thinking tokens;

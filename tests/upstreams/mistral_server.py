@@ -2,14 +2,22 @@
 
 It refuses, in Mistral's error shapes, any field Mistral's schema lacks (422, so OpenAI's
 ``seed`` and ``stream_options`` fail, as do ``name`` on a user message and the
-``developer`` role), tool-call ids that are not 9 letters and digits, and tool results
-answering no earlier call (400).
+``developer`` role), tool-call ids that are not 9 letters and digits, and (400) tool
+results answering no call of the assistant turn before them, calls left unanswered when
+the next message comes, and a user message right after a tool result.
 
 Answers are deterministic: "You said: <last user text>" (cut at a ``stop`` sequence, and
-wrapped as ``{"echo": …}`` in JSON mode), "The tool said: <result>" after tool results,
-or tool calls with ids ``call00001``, ``call00002``… for each tool the user names, the
-first tool when ``tool_choice`` is ``any``/``required``, or the tool it names. Streams go
-word by word and carry the usage in their last chunk, as Mistral's do. Tokens are words.
+wrapped as ``{"echo": …}`` in JSON mode), "The tool said: r1; r2" after tool results
+(every tool message since the last assistant turn, in order), or tool calls with ids
+``call00001``, ``call00002``… (counted over the fake's life, so never reused). Tools are
+called in stages: the last user message is split on " then ", and while the assistant
+has made fewer tool-calling turns since that message (k) than there are stages, it
+calls, in one turn, every tool whose name stage k contains (in the order of ``tools``); a
+stage naming none is answered with text. A message without " then " is one stage. On the
+first turn ``any``/``required`` call the first tool and a named ``tool_choice`` that
+tool; later turns follow the stages (a named choice only ever calls its tool); ``none``
+never calls and ``parallel_tool_calls: false`` calls one tool at most. Streams go word by
+word and carry the usage in their last chunk, as Mistral's do. Tokens are words.
 
 Faults queued on ``fake.script`` (``tests.upstreams.faults``) come in Mistral's error
 shapes. Set on the fake (``reset`` clears them), what Mistral does less often: ``finish_reason``
@@ -19,6 +27,7 @@ streams each tool call in a delta of its own, without ``index``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import threading
@@ -119,17 +128,7 @@ class FakeMistral:
         return _json(200, padded(completion, fault))
 
     def _answer(self, body: dict[str, Any]) -> _Answer:
-        last = body["messages"][-1]
-        tools = [t["function"] for t in body.get("tools") or []]
-        choice = body.get("tool_choice", "auto")
-        wanted: list[dict[str, Any]] = []
-        if tools and choice != "none" and last["role"] != "tool":
-            if isinstance(choice, dict):
-                wanted = [t for t in tools if t["name"] == choice["function"]["name"]]
-            elif choice in ("any", "required"):
-                wanted = tools[:1]
-            else:
-                wanted = [t for t in tools if t["name"] in _text(last)]
+        wanted = _tools_to_call(body)
         with self._lock:
             first = self._calls + 1
             self._calls += len(wanted)
@@ -276,18 +275,28 @@ def _check(body: Any) -> None:
 
 
 def _check_tool_call_ids(messages: list[dict[str, Any]]) -> None:
-    called: set[str] = set()
+    pending: list[str] = []  # the calls of the last assistant turn still unanswered
+    previous = ""
     for message in messages:
-        for call in message.get("tool_calls") or []:
-            called.add(_valid_id(call.get("id")))
-        if message["role"] == "tool" and _valid_id(message.get("tool_call_id")) not in called:
-            raise Refused(
-                400,
-                _error(
-                    f"Unexpected tool call id {message['tool_call_id']} in tool results",
-                    "invalid_request_message_order",
-                ),
-            )
+        role = message["role"]
+        if role == "tool":
+            call_id = _valid_id(message.get("tool_call_id"))
+            if call_id not in pending:
+                raise _out_of_order(f"Unexpected tool call id {call_id} in tool results")
+            pending.remove(call_id)
+        elif pending:
+            raise _out_of_order("Not the same number of function calls and responses")
+        elif role == "user" and previous == "tool":
+            raise _out_of_order("Unexpected role 'user' after role 'tool'")
+        else:
+            pending = [_valid_id(call.get("id")) for call in message.get("tool_calls") or []]
+        previous = role
+    if pending:
+        raise _out_of_order("Not the same number of function calls and responses")
+
+
+def _out_of_order(message: str) -> Refused:
+    return Refused(400, _error(message, "invalid_request_message_order"))
 
 
 def _valid_id(tool_call_id: Any) -> str:
@@ -323,9 +332,35 @@ def _error(message: Any, kind: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- answers
 
 
+def _tools_to_call(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tools this turn calls: see the module docstring for the stages."""
+    tools = [t["function"] for t in body.get("tools") or []]
+    choice = body.get("tool_choice", "auto")
+    if not tools or choice == "none":
+        return []
+    messages = body["messages"]
+    asked = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+    turns = sum(
+        1 for m in messages[asked + 1 :] if m["role"] == "assistant" and m.get("tool_calls")
+    )
+    if isinstance(choice, dict):
+        tools = [t for t in tools if t["name"] == choice["function"]["name"]]
+    if turns == 0 and (isinstance(choice, dict) or choice in ("any", "required")):
+        wanted = tools[:1]
+    else:
+        stages = _text(messages[asked]).split(" then ") if asked >= 0 else [""]
+        stage = stages[turns] if turns < len(stages) else ""
+        wanted = [t for t in tools if t["name"] in stage]
+    return wanted[:1] if body.get("parallel_tool_calls") is False else wanted
+
+
 def _reply(body: dict[str, Any]) -> str:
-    last = body["messages"][-1]
-    text = ("The tool said: " if last["role"] == "tool" else "You said: ") + _text(last)
+    messages = body["messages"]
+    if messages[-1]["role"] == "tool":
+        results = list(itertools.takewhile(lambda m: m["role"] == "tool", messages[::-1]))
+        text = "The tool said: " + "; ".join(_text(m) for m in reversed(results))
+    else:
+        text = "You said: " + _text(messages[-1])
     stops = body.get("stop") or []
     for stop in [stops] if isinstance(stops, str) else stops:
         text = text.split(stop)[0]

@@ -1,13 +1,27 @@
 """A fake OpenAI Chat Completions API that speaks the real wire format.
 
 It checks what OpenAI checks (bearer key, known fields, types and ranges, no
-``max_tokens`` for reasoning models), answers deterministically ("You said: <last user
-text>", or tool calls when the tools ask for them), streams word by word, and obeys a
-per-request script of faults for tests (``tests.upstreams.faults``).
+``max_tokens`` for reasoning models, every assistant tool call answered by a tool message
+with its id before the next message, no tool message answering anything else), answers
+deterministically, streams word by word, and obeys a per-request script of faults for
+tests (``tests.upstreams.faults``).
+
+Answers: "You said: <last message text>"; after tool results, "The tool said: r1; r2"
+(every tool message since the last assistant turn, in order). Tools are called in
+stages: the last user message is split on " then ", and while the assistant has made
+fewer tool-calling turns since that message (k) than there are stages, it calls, in one
+turn, every tool whose name stage k contains (in the order of ``tools``); a stage naming
+none is answered with text. A message without " then " is one stage: the tools it names
+are called once, then the results are answered. On the first turn a named
+``tool_choice`` calls that tool and ``required`` the first tool; on later turns they
+follow the stages (a named choice only ever calls its tool); ``none`` never calls and
+``parallel_tool_calls: false`` calls one tool at most. Arguments hold "42" for each
+required parameter; ids are ``call_`` and 20 random hex digits.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -132,7 +146,43 @@ class FakeOpenAI:
                 "Unsupported parameter: 'max_tokens' is not supported with this model. "
                 "Use 'max_completion_tokens' instead."
             )
-        return None
+        return _tool_order_problem(body["messages"])
+
+
+def _tool_order_problem(messages: list[Any]) -> str | None:
+    """OpenAI's complaint about the order of tool calls and tool messages, if any."""
+    pending: list[str] = []  # ids of the last assistant's calls still unanswered
+    answerable = False  # whether the last message before the tool messages called tools
+    for message in messages:
+        role = message.get("role") if isinstance(message, dict) else None
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if not answerable:
+                return (
+                    "Invalid parameter: messages with role 'tool' must be a response to a "
+                    "preceeding message with 'tool_calls'."
+                )
+            if call_id not in pending:
+                return (
+                    f"Invalid parameter: 'tool_call_id' of '{call_id}' not found in "
+                    "'tool_calls' of previous message."
+                )
+            pending.remove(call_id)
+            continue
+        if pending:
+            return _unanswered(pending)
+        calls = message.get("tool_calls") if role == "assistant" else None
+        pending = [call.get("id") for call in calls or []]
+        answerable = bool(pending)
+    return _unanswered(pending) if pending else None
+
+
+def _unanswered(call_ids: list[str]) -> str:
+    return (
+        "An assistant message with 'tool_calls' must be followed by tool messages responding "
+        "to each 'tool_call_id'. The following tool_call_ids did not have response messages: "
+        + ", ".join(call_ids)
+    )
 
 
 @dataclass
@@ -147,27 +197,17 @@ class _Answer:
         messages = body["messages"]
         last = messages[-1]
         prompt_tokens = sum(len(_text(m).split()) + 4 for m in messages)
-        tools = [t["function"] for t in body.get("tools") or []]
-        choice = body.get("tool_choice", "auto")
-        wanted: list[dict[str, Any]] = []
-        if tools and choice != "none" and last.get("role") != "tool":
-            said = _text(last)
-            if isinstance(choice, dict):
-                wanted = [t for t in tools if t["name"] == choice["function"]["name"]]
-            elif choice == "required":
-                wanted = tools[:1]
-            else:
-                wanted = [t for t in tools if t["name"] in said]
         calls = [
             {
                 "id": f"call_{uuid.uuid4().hex[:20]}",
                 "type": "function",
                 "function": {"name": t["name"], "arguments": json.dumps(_arguments(t))},
             }
-            for t in wanted
+            for t in _tools_to_call(body)
         ]
         if last.get("role") == "tool":
-            text = f"The tool said: {_text(last)}"
+            results = list(itertools.takewhile(lambda m: m.get("role") == "tool", messages[::-1]))
+            text = "The tool said: " + "; ".join(_text(m) for m in reversed(results))
         else:
             text = "You said: " + _text(last)
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -286,6 +326,28 @@ class _Answer:
         if include_usage:
             yield event([], usage=self.usage())
         yield "data: [DONE]\n\n"
+
+
+def _tools_to_call(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tools this turn calls: see the module docstring for the stages."""
+    tools = [t["function"] for t in body.get("tools") or []]
+    choice = body.get("tool_choice", "auto")
+    if not tools or choice == "none":
+        return []
+    messages = body["messages"]
+    asked = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    turns = sum(
+        1 for m in messages[asked + 1 :] if m.get("role") == "assistant" and m.get("tool_calls")
+    )
+    if isinstance(choice, dict):
+        tools = [t for t in tools if t["name"] == choice["function"]["name"]]
+    if turns == 0 and (isinstance(choice, dict) or choice == "required"):
+        wanted = tools[:1]
+    else:
+        stages = _text(messages[asked]).split(" then ") if asked >= 0 else [""]
+        stage = stages[turns] if turns < len(stages) else ""
+        wanted = [t for t in tools if t["name"] in stage]
+    return wanted[:1] if body.get("parallel_tool_calls") is False else wanted
 
 
 def _text(message: dict[str, Any]) -> str:
