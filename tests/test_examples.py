@@ -160,6 +160,16 @@ def test_in_process_script(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())  # in memory: no files left behind
 
 
+def test_builtin_tools_script_answers_from_its_table(tmp_path: Path) -> None:
+    output = run_example(str(EXAMPLES / "builtin_tools.py"), cwd=tmp_path)
+    in_stock = (
+        'inventory returned: [{"sku":"A-1","name":"espresso cup","price":"4.50","in_stock":12},'
+        '{"sku":"A-2","name":"milk jug","price":"9.90","in_stock":3}]'
+    )  # the table's rows in stock, through the tool's defaults (the grinder is sold out)
+    assert output.splitlines() == [f"answer: {in_stock}", f"streamed: {in_stock}"]
+    assert not list(tmp_path.iterdir())  # its database in a temporary folder, removed
+
+
 # --- (d) a host app's unit tests --------------------------------------------------------
 
 
