@@ -117,6 +117,40 @@ def gateway(_ark_server: FakeArk) -> Iterator[Gateway]:
         router.close()
 
 
+@pytest.fixture(scope="module")
+def tool_gateway() -> Iterator[Gateway]:
+    """The standalone app with built-in tools: one that answers, one that raises (its
+    message becomes the tool's result), for the ``llmrouter`` object's fuzz."""
+    app = create_app(
+        gateway_config(
+            quota={"daily_requests": 2**31 - 1, "throttle_seconds": 1, "requests_per_minute": None}
+        )
+    )
+    router: Router = app.extensions["llmrouter"].router
+
+    @router.tool
+    def inventory(sku: str, count: int = 1) -> dict[str, Any]:
+        """How many of a product are in stock."""
+        return {"sku": sku, "in_stock": 7 * count}
+
+    @router.tool
+    def lookup(query: str) -> str:
+        """Look something up."""
+        raise LookupError(f"nothing found for {query!r}")
+
+    paid_record, paid = router.create_key("paid")
+    router.top_up(paid_record.id, "1000")
+    keys = {"free": router.create_key("free")[1], "paid": paid}
+    handler = _Collect([])
+    logging.getLogger("llmrouter").addHandler(handler)
+    try:
+        with LoopbackServer(app) as server:
+            yield Gateway(app.test_client(), server.port, keys, router, logged=handler.into)
+    finally:
+        logging.getLogger("llmrouter").removeHandler(handler)
+        router.close()
+
+
 def run(examples: int, strategy: st.SearchStrategy[Any], check: Callable[[Any], None]) -> None:
     """``check`` every example of ``strategy``: few and fixed by default, many and random
     in the long run."""
@@ -343,18 +377,54 @@ def conversations(draw: st.DrawFn) -> list[dict[str, Any]]:
 
 
 @st.composite
-def chat_bodies(draw: st.DrawFn) -> dict[str, Any]:
-    """A chat body with a few of the optional fields (with all of them, nearly every body
-    would have one wrong and never get past validation)."""
-    names = draw(st.lists(st.sampled_from(sorted(OPTIONAL_FIELDS)), max_size=4, unique=True))
-    body = {
-        "model": draw(MODEL),
-        "messages": draw(conversations() | st.lists(MESSAGE, min_size=1, max_size=4)),
-    }
-    return body | {name: draw(OPTIONAL_FIELDS[name]) for name in names}
+def chat_bodies(
+    draw: st.DrawFn,
+    fields: dict[str, st.SearchStrategy[Any]] = OPTIONAL_FIELDS,
+    messages: st.SearchStrategy[list[dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """A chat body with a few of the optional ``fields`` (with all of them, nearly every
+    body would have one wrong and never get past validation)."""
+    names = draw(st.lists(st.sampled_from(sorted(fields)), max_size=4, unique=True))
+    if messages is None:
+        messages = conversations() | st.lists(MESSAGE, min_size=1, max_size=4)
+    body = {"model": draw(MODEL), "messages": draw(messages)}
+    return body | {name: draw(fields[name]) for name in names}
 
 
 CHAT_BODY = chat_bodies()
+
+# The ``llmrouter`` request object (issue 11) has a place in the long run only, against a
+# gateway with built-in tools (``tool_gateway``): the default run's bodies stay as they were.
+#: the tool_gateway's built-in tools ("lookup" is also a client tool name the fuzz draws: a
+#: clash), and names it does not have
+BUILTIN_TOOL_NAMES = st.sampled_from(["inventory", "lookup", "nope", "INVENTORY", ""])
+LLMROUTER_OPTIONS = maybe(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "builtin_tools": maybe(
+                st.one_of(st.booleans(), st.lists(BUILTIN_TOOL_NAMES | TEXT, max_size=3))
+            ),
+            "tool_progress": maybe(st.booleans()),
+            "unknown": ANY_JSON,
+        },
+    )
+)
+TOOL_LOOP_FIELDS = {**OPTIONAL_FIELDS, "llmrouter": LLMROUTER_OPTIONS}
+#: the echo provider calls the tools a user message names, in stages split on " then "
+ASKING_FOR_TOOLS = st.lists(
+    st.sampled_from(["use inventory", "lookup", "inventory and lookup", "get_weather", "x"]),
+    min_size=1,
+    max_size=4,
+).map(lambda stages: [{"role": "user", "content": " then ".join(stages)}])
+#: half of them streamed, so that the streamed loop is fuzzed as often as the whole one
+TOOL_LOOP_BODY = st.tuples(
+    chat_bodies(
+        TOOL_LOOP_FIELDS,
+        ASKING_FOR_TOOLS | conversations() | st.lists(MESSAGE, min_size=1, max_size=4),
+    ),
+    st.booleans(),
+).map(lambda drawn: {**drawn[0], "stream": True} if drawn[1] else drawn[0])
 
 #: a connection's strings are stored: the nasty ones come often
 STORED_TEXT = st.one_of(NASTY_TEXT, st.text(st.characters() | SURROGATE, max_size=8), PLAIN_TEXT)
@@ -763,6 +833,50 @@ def check_chat_body(gateway: Gateway) -> Callable[[tuple[dict[str, Any], bool]],
     return check
 
 
+def check_tool_loop_body(gateway: Gateway) -> Callable[[tuple[dict[str, Any], bool]], None]:
+    """A chat body as ``check_chat_body`` checks it; when answered, every tool call the
+    client gets (whole or streamed) is a call of one of its own tools, never a built-in one."""
+
+    def check(case: tuple[dict[str, Any], bool]) -> None:
+        body, paid = case
+        response = gateway.client.post(
+            "/v1/chat/completions",
+            data=json.dumps(body),
+            headers={
+                "Authorization": f"Bearer {gateway.keys['paid' if paid else 'free']}",
+                "Content-Type": "application/json",
+            },
+        )
+        assert_well_answered(gateway, response)
+        if response.status_code == 400:
+            assert response.get_json()["error"]["type"] == "invalid_request_error"
+        if response.status_code != 200:
+            return
+        own = {tool["function"]["name"] for tool in body.get("tools") or []}
+        if response.mimetype == "text/event-stream":
+            events = [
+                json.loads(line[6:])
+                for line in response.get_data().split(b"\n")
+                if line.startswith(b"data: {")
+            ]
+            called = {
+                call["function"]["name"]
+                for event in events
+                for choice in event.get("choices") or []
+                for call in choice.get("delta", {}).get("tool_calls") or []
+                if call.get("function", {}).get("name")
+            }
+        else:
+            called = {
+                call["function"]["name"]
+                for choice in response.get_json()["choices"]
+                for call in choice["message"].get("tool_calls") or []
+            }
+        assert called <= own, (called, own)
+
+    return check
+
+
 def check_one_field(gateway: Gateway) -> Callable[[tuple[str, Any]], None]:
     def check(case: tuple[str, Any]) -> None:
         name, value = case
@@ -955,3 +1069,17 @@ def test_long_a_wrong_connection_field_is_named(gateway: Gateway, method: str) -
     run(LONG_RUN_EXAMPLES, connection_field_cases(), check_connection_field(gateway, method))
     run(LONG_RUN_EXAMPLES, STORED_STRINGS, check_connection_field(gateway, method))
     assert_healthy(gateway)
+
+
+@pytest.mark.fuzz
+def test_long_any_chat_body_with_builtin_tools(tool_gateway: Gateway) -> None:
+    cases = st.tuples(TOOL_LOOP_BODY, st.booleans())
+    run(LONG_RUN_EXAMPLES, cases, check_tool_loop_body(tool_gateway))
+    assert_healthy(tool_gateway)
+
+
+@pytest.mark.fuzz
+def test_long_a_wrong_llmrouter_object_is_named(tool_gateway: Gateway) -> None:
+    cases = st.tuples(st.just("llmrouter"), LLMROUTER_OPTIONS | ANY_JSON)
+    run(LONG_RUN_EXAMPLES, cases, check_one_field(tool_gateway))
+    assert_healthy(tool_gateway)
