@@ -60,9 +60,9 @@ class Upstream:
         texts = [text for _, text in results]
         if self.kind == "anthropic":
             return "Tool results: " + "; ".join(texts)
-        if self.kind == "gemini":  # the adapter wraps a result that is not a JSON object
+        if self.kind == "gemini":
             return "; ".join(
-                f"{name} returned {json.dumps({'content': text})}" for name, text in results
+                f"{name} returned {json.dumps(gemini_response(text))}" for name, text in results
             )
         return "The tool said: " + "; ".join(texts)
 
@@ -70,6 +70,16 @@ class Upstream:
         """The content the client gets: every round's text, then the answer."""
         texts = [self.before_calls(names) for names in rounds]
         return ROUND_SEPARATOR.join([*filter(None, texts), self.after_results(results)])
+
+
+def gemini_response(text: str) -> dict[str, Any]:
+    """A tool result as the gemini adapter sends it: a JSON object as it is, anything else
+    wrapped."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    return value if isinstance(value, dict) else {"content": text}
 
 
 UPSTREAMS = [
@@ -98,6 +108,22 @@ class Fakes:
     def reset(self) -> None:
         for fake in (self.openai, self.anthropic, self.gemini, self.mistral):
             fake.reset()
+
+    def tool_choices(self, kind: str) -> list[str]:
+        """The tool choice of each request the fake of ``kind`` received, in its own
+        words, upper-cased (absent: its default, AUTO)."""
+        if kind == "anthropic":
+            return [
+                (r.body.get("tool_choice") or {"type": "auto"})["type"].upper()
+                for r in self.anthropic.received
+            ]
+        if kind == "gemini":
+            configs = [(r.body.get("toolConfig") or {}) for r in self.gemini.received]
+            return [
+                str(c.get("functionCallingConfig", {}).get("mode", "AUTO")).upper() for c in configs
+            ]
+        bodies = self.mistral.requests if kind == "mistral" else self.openai.requests
+        return [str(body.get("tool_choice", "auto")).upper() for body in bodies]
 
 
 @pytest.fixture(scope="module")
@@ -383,3 +409,48 @@ def test_a_mixed_turn_returns_only_the_clients_call_and_the_next_request_is_vali
     assert answer.finish_reason == "stop"
     assert answer.extension is None  # no built-in tool ran this time
     assert_billed_per_round(answer, upstream, rounds=1)
+
+
+#: a required tool_choice in each provider's words
+FORCED = {"openai": "REQUIRED", "openai-compatible": "REQUIRED", "anthropic": "ANY"}
+FORCED |= {"gemini": "ANY", "mistral": "ANY"}
+
+
+def test_a_required_tool_choice_forces_round_one_only(
+    router: Router, upstream: Upstream, ask: Ask, fakes: Fakes
+) -> None:
+    @router.tool
+    def stock_level() -> str:
+        """Stock."""
+        return "7 widgets"
+
+    exchange = ask("anything", tool_choice="required")
+
+    # forced, the model says nothing before its call; asked again, it may answer
+    assert exchange.text == upstream.after_results([("stock_level", "7 widgets")])
+    assert exchange.finish_reason == "stop"
+    assert fakes.tool_choices(upstream.kind) == [FORCED[upstream.kind], "AUTO"]
+    assert_billed_per_round(exchange, upstream, rounds=2)
+
+
+def test_a_failing_tool_and_an_object_result_reach_the_model(
+    router: Router, upstream: Upstream, ask: Ask
+) -> None:
+    @router.tool
+    def stock_level() -> dict[str, int]:
+        """Stock."""
+        return {"in_stock": 7}
+
+    @router.tool
+    def warehouse() -> str:
+        """The warehouse."""
+        raise RuntimeError("the warehouse database is down")
+
+    exchange = ask("use stock_level and warehouse")
+
+    failed = "The tool warehouse failed: RuntimeError: the warehouse database is down"
+    results = [("stock_level", '{"in_stock":7}'), ("warehouse", failed)]
+    assert exchange.text == upstream.exchange_text([["stock_level", "warehouse"]], results)
+    assert exchange.finish_reason == "stop"
+    assert_billed_per_round(exchange, upstream, rounds=2)
+    assert_one_stream(exchange)
