@@ -51,17 +51,26 @@ class SettlementStatements:
         # A request that never became a call (no provider could carry it) leaves no row.
         self.ticket_delete = delete(ledger).where(*ticket, pending)
 
-        # A later round of a paid exchange takes its reservation only if the balance covers
-        # it (so concurrent rounds of one key never drive it below zero), and only from a key
-        # not revoked; the row lock it takes comes before the round's ledger row, as in the
-        # admission.
+        # A built-in tool exchange's next round is opened by settling the one before it in
+        # the same transaction (``Store.settle_and_open``): the key's row is locked first,
+        # as in the admission, and read for whether it is still active.
+        self.lock_key_state = select(_k.revoked_at).where(key).with_for_update()
+
+        # A pending round's reservation resized (``Store.resize_reservation``): more is
+        # taken only if the balance covers it (so concurrent rounds of one key never drive
+        # it below zero); the row changes only while pending with the reservation the
+        # caller holds, else the transaction rolls back whatever the key gave.
         reserve = bindparam("s_reserved", type_=BigInteger)
-        self.reserve_round = (
+        self.take_credits = (
             update(api_keys)
-            .where(key, _k.revoked_at.is_(None), _k.balance_nanos >= reserve)
+            .where(key, _k.balance_nanos >= reserve)
             .values(balance_nanos=_k.balance_nanos - reserve)
         )
-        self.lock_active_key = select(_k.id).where(key, _k.revoked_at.is_(None)).with_for_update()
+        self.ticket_resize = (
+            update(ledger)
+            .where(*ticket, pending, _l.reserved_nanos == bindparam("l_held", type_=BigInteger))
+            .values(reserved_nanos=bindparam("l_reserved", type_=BigInteger))
+        )
 
         self.ticket_abandon = (
             update(ledger)

@@ -245,54 +245,6 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
             ticket=ticket,
         )
 
-    def open_round(
-        self,
-        ticket: Ticket,
-        *,
-        round: int,
-        now: int,
-        deadline_at: int,
-        reserve_nanos: int,
-        provider: str,
-        model: str,
-        upstream_model: str,
-    ) -> Ticket | None:
-        """The ticket of upstream round ``round`` of ``ticket``'s exchange (a built-in tool
-        loop calling the model again): its ``pending`` row, written in one transaction with
-        what it takes. A credits-paid exchange takes ``reserve_nanos`` from the balance, only
-        if the balance covers it (never below zero, however many rounds run at once): when
-        it does not, nothing is written and the answer is None. Any other exchange reserves
-        nothing. No allowance unit, throttle slot or minute count is taken: the exchange
-        counted once, at its admission.
-
-        ``NotFoundError`` when the key is revoked (or gone)."""
-        paid = ticket.kind is AdmissionKind.CREDITS
-        opened = Ticket(
-            request_id=ticket.request_id,
-            key_id=ticket.key_id,
-            kind=ticket.kind,
-            at=now,
-            day=ticket.day,
-            reserved_nanos=reserve_nanos if paid else 0,
-            slot_at=0,
-            deadline_at=deadline_at,
-            round=round,
-        )
-        key = {"s_key": ticket.key_id, "s_reserved": opened.reserved_nanos}
-        with self.transaction() as conn:
-            if paid:
-                if not conn.execute(self._sql.reserve_round, key).rowcount:
-                    # Short of money, or the key revoked: which one, read under the lock.
-                    if conn.execute(self._sql.lock_active_key, key).first() is None:
-                        raise _revoked(ticket.key_id)
-                    return None
-            elif conn.execute(self._sql.lock_active_key, key).first() is None:
-                raise _revoked(ticket.key_id)
-            conn.execute(
-                self._sql.ticket_insert, _pending_row(opened, provider, model, upstream_model)
-            )
-        return opened
-
     def settle(self, settlement: Settlement) -> bool:
         """Complete the call's ticket row and move its money, in one transaction.
 
@@ -304,6 +256,113 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
         below zero: a debt that refuses paid calls until a top-up), and a failed call
         hands back the allowance unit the sweeper kept (round 1 only).
         """
+        ticket = settlement.ticket
+        with self.transaction() as conn:
+            if ticket.reserved_nanos or settlement.status == "failed":
+                self._lock_key_first(conn, ticket.key_id)
+            return self._settle(conn, settlement, carry=False) is not None
+
+    def settle_and_open(
+        self,
+        settlement: Settlement,
+        *,
+        now: int,
+        deadline_at: int,
+        provider: str,
+        model: str,
+        upstream_model: str,
+    ) -> Ticket | None:
+        """Settle a round of a built-in tool exchange that was answered (``ok`` or
+        ``partial``: the model called built-in tools) and open the exchange's next round,
+        in one transaction: the round is completed and billed as ``settle`` does, but what
+        it did not use of its reservation is not refunded: the next round's ``pending`` row
+        holds it (``resize_reservation`` then sizes it before the call), so no concurrent
+        request of the key can take it in between. Balance + pending reservations + spent
+        is unchanged. A round the sweeper had closed is billed from the balance, as a late
+        settlement is, and carries nothing. An exchange not paid by credits carries 0. No
+        allowance unit, throttle slot or minute count is taken: the exchange counted once,
+        at its admission.
+
+        Returns the next round's ticket (round ``ticket.round + 1``); None when the round
+        was already settled (nothing changes). A revoked (or gone) key: the round is
+        settled as ``settle`` does (its unused reservation refunded), nothing is opened,
+        and ``NotFoundError`` is raised."""
+        if settlement.status == "failed":
+            raise ValueError("a failed round opens no next round: settle it")
+        ticket = settlement.ticket
+        opened = None
+        with self.transaction() as conn:
+            # The key's row lock first, as the admission takes it (key, then ledger).
+            state = conn.execute(self._sql.lock_key_state, {"s_key": ticket.key_id}).first()
+            active = state is not None and state.revoked_at is None
+            carried = self._settle(conn, settlement, carry=active)
+            if active and carried is not None:
+                opened = Ticket(
+                    request_id=ticket.request_id,
+                    key_id=ticket.key_id,
+                    kind=ticket.kind,
+                    at=now,
+                    day=ticket.day,
+                    reserved_nanos=carried,
+                    slot_at=0,
+                    deadline_at=deadline_at,
+                    round=ticket.round + 1,
+                )
+                conn.execute(
+                    self._sql.ticket_insert, _pending_row(opened, provider, model, upstream_model)
+                )
+        if not active:
+            raise _revoked(ticket.key_id)
+        return opened
+
+    def resize_reservation(self, ticket: Ticket, reserve_nanos: int) -> Ticket | None:
+        """Make the reservation of ``ticket``'s ``pending`` round ``reserve_nanos`` (what its
+        call may cost), in one transaction: growing takes the difference from the balance,
+        only if the balance covers it (never below zero, however many rounds of the key
+        resize at once): when it does not, nothing changes and the answer is None;
+        shrinking gives the difference back. Returns the ticket holding ``reserve_nanos``.
+
+        ``NotFoundError`` (nothing changed) when the round's row is no longer pending with
+        the ticket's reservation: swept (or settled, or resized by another ticket). An
+        exchange not paid by credits reserves nothing: its ticket comes back unchanged."""
+        if reserve_nanos < 0:
+            raise ValueError(f"a reservation cannot be negative: {reserve_nanos}")
+        if ticket.kind is not AdmissionKind.CREDITS:
+            return ticket
+        change = reserve_nanos - ticket.reserved_nanos
+        key = {"s_key": ticket.key_id, "s_reserved": abs(change)}
+        with self.transaction() as conn:
+            # The key's row first (its balance, or its lock), then the ledger row.
+            if change > 0:
+                if not conn.execute(self._sql.take_credits, key).rowcount:
+                    return None
+            elif change < 0:
+                conn.execute(self._sql.release_credits, key)
+            else:
+                self._lock_key_first(conn, ticket.key_id)
+            resized = conn.execute(
+                self._sql.ticket_resize,
+                {
+                    "l_request_id": ticket.request_id,
+                    "l_round": ticket.round,
+                    "l_held": ticket.reserved_nanos,
+                    "l_reserved": reserve_nanos,
+                },
+            ).rowcount
+            if not resized:  # rolls back what the key gave or took
+                raise NotFoundError(
+                    f"round {ticket.round} of request '{ticket.request_id}' is no longer "
+                    f"pending with a reservation of {ticket.reserved_nanos} nano-dollars "
+                    "(swept, or settled)",
+                    param="round",
+                )
+        return replace(ticket, reserved_nanos=reserve_nanos)
+
+    def _settle(self, conn: Connection, settlement: Settlement, *, carry: bool) -> int | None:
+        """Complete the ticket's row and move its money (the key's row already locked when
+        the money needs it); returns what is carried to the exchange's next round (with
+        ``carry``: the unused reservation, instead of its refund; else 0), or None when the
+        row was settled already (nothing changed)."""
         ticket = settlement.ticket
         charged = settlement.charged_nanos
         params = {
@@ -322,34 +381,33 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
             "l_finished_at": settlement.finished_at,
             "l_error": settlement.error[:500] if settlement.error else None,
         }
-        with self.transaction() as conn:
-            if ticket.reserved_nanos or settlement.status == "failed":
-                self._lock_key_first(conn, ticket.key_id)
-            held = ticket
-            if not conn.execute(self._sql.ticket_complete, params).rowcount:
-                if not conn.execute(self._sql.ticket_complete_late, params).rowcount:
-                    return False
-                held = replace(ticket, reserved_nanos=0)  # the sweeper gave it back
-            if settlement.status == "failed":
-                self._release(conn, held)
-            elif ticket.reserved_nanos:
-                conn.execute(
-                    self._sql.charge,
-                    {
-                        "s_key": ticket.key_id,
-                        "s_refund": held.reserved_nanos - charged,
-                        "s_charged": charged,
-                    },
-                )
-            self._add_provider_total(
-                conn,
-                settlement.provider,
-                settlement.prompt_tokens,
-                settlement.completion_tokens,
-                settlement.cost_nanos,
-                exchanges=1 if ticket.round == 1 else 0,
+        held = ticket.reserved_nanos
+        if not conn.execute(self._sql.ticket_complete, params).rowcount:
+            if not conn.execute(self._sql.ticket_complete_late, params).rowcount:
+                return None
+            held = 0  # the sweeper gave it back
+        # charged never exceeds the ticket's reservation: only a late row carries nothing
+        carried = max(held - charged, 0) if carry else 0
+        if settlement.status == "failed":
+            self._release(conn, replace(ticket, reserved_nanos=held))
+        elif ticket.reserved_nanos:
+            conn.execute(
+                self._sql.charge,
+                {
+                    "s_key": ticket.key_id,
+                    "s_refund": held - charged - carried,
+                    "s_charged": charged,
+                },
             )
-        return True
+        self._add_provider_total(
+            conn,
+            settlement.provider,
+            settlement.prompt_tokens,
+            settlement.completion_tokens,
+            settlement.cost_nanos,
+            exchanges=1 if ticket.round == 1 else 0,
+        )
+        return carried
 
     def release(self, ticket: Ticket) -> bool:
         """Hand back an admission whose request never became a call: its row goes, and what
