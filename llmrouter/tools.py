@@ -19,6 +19,7 @@ a result the model can read.
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import re
 import threading
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.errors import PydanticSchemaGenerationError, PydanticUserError
 from pydantic.fields import FieldInfo
-from pydantic_core import to_json
+from pydantic_core import PydanticSerializationError, to_json
 
 if TYPE_CHECKING:
     from .config import ToolSettings
@@ -85,8 +86,23 @@ class RegisteredTool:
         values = {name: getattr(validated, name) for name in type(validated).model_fields}
         result = self.func(**values)
         if isinstance(result, str):
-            return result
-        return to_json(result, fallback=str).decode()
+            return readable(result)
+        try:
+            return to_json(result, fallback=str).decode()
+        except PydanticSerializationError:  # a lone surrogate in a string of the result
+            return readable(
+                json.dumps(result, default=str, ensure_ascii=False, separators=(",", ":"))
+            )
+
+
+def readable(text: str) -> str:
+    """``text`` as every provider and database takes it: a lone surrogate (a file name that
+    was not UTF-8, say) becomes ``?``."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode()
+    return text
 
 
 class ToolRegistry:
