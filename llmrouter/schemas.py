@@ -176,6 +176,16 @@ class RouterOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _an_object(cls, value: Any) -> Any:
+        if not isinstance(value, dict | RouterOptions):
+            raise ValueError(
+                "'llmrouter' is an object, e.g. {\"builtin_tools\": false}, "
+                f"not {type(value).__name__}"
+            )
+        return value
+
     #: the built-in tools offered (true or absent: every one the config, the model and the
     #: key allow; false: none; a list: only these, each of which must be allowed)
     builtin_tools: (
@@ -226,17 +236,6 @@ class ChatRequest(_Strict):
         if isinstance(value, list) and len(value) > 4:
             raise ValueError("at most 4 stop sequences")
         return value
-
-    @model_validator(mode="after")
-    def _tool_choice_needs_tools(self) -> ChatRequest:
-        if isinstance(self.tool_choice, NamedToolChoice):
-            names = {t.function.name for t in self.tools or []}
-            if self.tool_choice.function.name not in names:
-                raise ValueError(
-                    f"tool_choice names '{self.tool_choice.function.name}', "
-                    "which is not among 'tools'"
-                )
-        return self
 
     @property
     def output_limit(self) -> int | None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from .config import ModelSettings, ToolSettings
 from .errors import InvalidRequestError
-from .schemas import ChatRequest
+from .schemas import ChatRequest, NamedToolChoice
 from .store import KeyRecord
 from .tools import RegisteredTool, ToolRegistry
 
@@ -41,8 +41,22 @@ def offered_tools(
     request: ChatRequest,
 ) -> list[RegisteredTool]:
     """The built-in tools ``request`` is offered, in registration order (see the module
-    docstring); an ``InvalidRequestError`` when it asks for one it cannot have or defines
-    a tool of the same name as one it is offered."""
+    docstring); an ``InvalidRequestError`` when it asks for one it cannot have, defines a
+    tool of the same name as one it is offered, or names in ``tool_choice`` a tool that is
+    neither its own nor offered."""
+    offered = _offered(registry, settings, model, key, request)
+    if isinstance(request.tool_choice, NamedToolChoice):
+        _check_named_choice(request.tool_choice.function.name, request, offered)
+    return offered
+
+
+def _offered(
+    registry: ToolRegistry,
+    settings: ToolSettings,
+    model: ModelSettings,
+    key: KeyRecord,
+    request: ChatRequest,
+) -> list[RegisteredTool]:
     if not len(registry) and request.llmrouter is None:
         return []  # every request passes here, and most routers register no tool
     options = request.llmrouter
@@ -103,6 +117,20 @@ def _unavailable(
     if key.allowed_tools is not None and name not in key.allowed_tools:
         return "this API key is not allowed it (its allowed_tools)"
     return None
+
+
+def _check_named_choice(name: str, request: ChatRequest, offered: list[RegisteredTool]) -> None:
+    """A named ``tool_choice`` forces a call to one of the request's tools or of the
+    built-in ones it is offered (for the first round; see ``tool_exchange.py``)."""
+    if any(t.function.name == name for t in request.tools or []):
+        return
+    if any(tool.name == name for tool in offered):
+        return
+    raise InvalidRequestError(
+        f"tool_choice names '{name}', which is not among 'tools' nor the built-in tools "
+        "this request is offered.",
+        param="tool_choice",
+    )
 
 
 def _refuse_clash(request: ChatRequest, offered: list[RegisteredTool]) -> None:
