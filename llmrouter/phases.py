@@ -166,38 +166,67 @@ class RequestPhases:
             "This API key's restrictions kept changing while the request was admitted; try again."
         )
 
-    def next_round(
-        self, ticket: Ticket, target: Target, reserve_nanos: int, *, lifetime_ms: int
-    ) -> Ticket:
-        """The ticket of the next upstream round of ``ticket``'s exchange (built-in tool
-        calls answered, the model asked again): its own pending row, holding
-        ``reserve_nanos`` from the balance when the exchange is paid. No allowance unit,
-        throttle slot or minute is taken again. A balance that cannot cover it is a 402;
-        a key revoked meanwhile a 401."""
+    def carry_round(
+        self,
+        ticket: Ticket,
+        served: Target,
+        usage: Usage,
+        estimated: bool,
+        next_target: Target,
+        *,
+        lifetime_ms: int,
+    ) -> tuple[Ticket, int]:
+        """Settle ``ticket``'s round (answered: the model called built-in tools) and open the
+        next round of its exchange in the same transaction, holding what this one did not
+        use of its reservation (``grow_round`` then sizes it). Returns the next round's
+        ticket and this round's cost. No allowance unit, throttle slot or minute is taken
+        again. A key revoked meanwhile is a 401 (the round still billed); a database away
+        defers the settlement and stops the exchange (503)."""
+        settlement = self._settlement(ticket, served, "ok", usage, estimated)
         now = self._now_ms()
-        round_ = ticket.round + 1
         try:
-            opened = self._store.open_round(
-                ticket,
-                round=round_,
+            opened = self._store.settle_and_open(
+                settlement,
                 now=now,
                 deadline_at=now + lifetime_ms,
-                reserve_nanos=reserve_nanos if ticket.kind is AdmissionKind.CREDITS else 0,
-                provider=target.provider,
-                model=target.public_id,
-                upstream_model=target.upstream_model,
+                provider=next_target.provider,
+                model=next_target.public_id,
+                upstream_model=next_target.upstream_model,
             )
         except NotFoundError:
             raise AuthenticationError(
                 "This API key was revoked while its request was being answered."
             ) from None
+        except StoreUnavailableError:
+            self.write(lambda: self._settle_once(settlement), f"settlement of {ticket.request_id}")
+            raise
         if opened is None:
-            raise InsufficientCreditsError(
-                f"The balance cannot cover round {round_} of this request (the model asked for "
-                f"another round after built-in tool calls); the {round_ - 1} round(s) "
-                "before it are billed. Top up, or lower max_tokens."
+            raise StoreUnavailableError(
+                f"Round {ticket.round} of this request was settled elsewhere; try again."
             )
-        return opened
+        return opened, settlement.cost_nanos
+
+    def grow_round(self, ticket: Ticket, reserve_nanos: int) -> Ticket:
+        """Make a paid round's hold ``reserve_nanos`` (what its call may cost) before it is
+        dispatched: more taken from the balance, or the excess given back. A balance that
+        cannot cover it ends the exchange with a 402, the round's row and hold handed back."""
+        if ticket.kind is not AdmissionKind.CREDITS:
+            return ticket
+        try:
+            grown = self._store.resize_reservation(ticket, reserve_nanos)
+        except NotFoundError:
+            raise StoreUnavailableError(
+                f"Round {ticket.round} of this request was closed by the sweeper; try again."
+            ) from None
+        if grown is None:
+            self.release(ticket)
+            raise InsufficientCreditsError(
+                f"The balance cannot cover round {ticket.round} of this request (the model "
+                "asked for another round after built-in tool calls); the "
+                f"{ticket.round - 1} round(s) before it are billed. Top up, or lower "
+                "max_tokens."
+            )
+        return grown
 
     def release(self, ticket: Ticket) -> None:
         """Hand back what the admission took: the request never became a call (once)."""
@@ -227,6 +256,23 @@ class RequestPhases:
         once, however often it is asked); returns its cost: ``cost_nanos`` when the caller
         priced it (a video by its seconds), else ``usage`` at the served model's prices. A
         credit-paid call is charged its cost, never more than its reservation."""
+        settlement = self._settlement(
+            ticket, served, status, usage, estimated, error, cost_nanos=cost_nanos
+        )
+        self.write(lambda: self._settle_once(settlement), f"settlement of {ticket.request_id}")
+        return settlement.cost_nanos
+
+    def _settlement(
+        self,
+        ticket: Ticket,
+        served: Target,
+        status: str,
+        usage: Usage,
+        estimated: bool,
+        error: str | None = None,
+        *,
+        cost_nanos: int | None = None,
+    ) -> Settlement:
         if status == "failed":  # nothing was delivered: nothing is billed
             usage, estimated, cost_nanos = Usage(), False, 0
         prompt = min(max(usage.prompt_tokens, 0), MAX_TOKENS_REPORTED)
@@ -236,7 +282,7 @@ class RequestPhases:
             if cost_nanos is None
             else max(cost_nanos, 0)
         )
-        settlement = Settlement(
+        return Settlement(
             ticket=ticket,
             provider=served.provider,
             model=served.public_id,
@@ -249,8 +295,6 @@ class RequestPhases:
             finished_at=self._now_ms(),
             error=error,
         )
-        self.write(lambda: self._settle_once(settlement), f"settlement of {ticket.request_id}")
-        return cost
 
     def _settle_once(self, settlement: Settlement) -> None:
         if not self._store.settle(settlement):

@@ -55,7 +55,7 @@ from .store import (
 from .tool_exchange import ExchangeServices, ToolExchange, complete_exchange, with_builtin_tools
 from .tool_runner import ToolRunner
 from .tool_selection import offered_tools
-from .tool_stream import stream_exchange
+from .tool_stream import ExchangeStream
 from .tools import RegisteredTool, ToolRegistry
 from .video import VideoTasks
 
@@ -211,7 +211,6 @@ class Router:
         """Release connections; settlements still waiting for the database get a few
         seconds, then are left to the sweeper."""
         self._settlements.close()
-        self._tool_runner.close()
         self._live.close()
         self.store.close()
 
@@ -389,7 +388,7 @@ class Router:
             _with_rate_limit(exc, admitted.rate_limit)
             raise
         options = request.llmrouter
-        chunks = stream_exchange(exchange, first, progress=bool(options and options.tool_progress))
+        chunks = ExchangeStream(exchange, first, progress=bool(options and options.tool_progress))
         stream = self._client_stream(
             request, ChunkStream(chunks, chunks.close), first[1], deadline, lambda end: None
         )

@@ -3,9 +3,13 @@ are run by the router, and the model is called again with their results, until i
 calls a client's tool, or has been called ``max_tool_rounds`` times.
 
 The exchange is one admission (one allowance unit or throttle slot) and one ledger row
-per upstream round (``request_id`` + ``round``): each round is settled as it ends, and the
-next one reserves for itself before it is dispatched (a paid exchange stops with a 402
-when the balance cannot cover it). What the client receives:
+per upstream round (``request_id`` + ``round``): each round is settled as it ends. A round
+after which the model is called again is settled in the same transaction that opens the
+next round's row, which keeps what the settled round did not use of its reservation; when
+the tools have answered, that hold grows (or shrinks) to what the next call may cost, or
+the exchange stops with a 402 when the balance cannot cover it. So the exchange's
+reservation grows as it goes, and no other request of the key can take it between rounds.
+What the client receives:
 
 - ``choices[0].message.content``: the text of every round, in order, separated by a blank
   line (so a stream can send each round's text as it comes);
@@ -92,8 +96,9 @@ class ToolExchange:
         self.usage = Usage()
         self.cost_nanos = 0
         self.served: Target = admitted.targets[0]
-        #: the calls the last ``answer`` ran, with their outcomes
+        #: the calls of the round that ended last, with their outcomes, and its number
         self.last_answered: list[tuple[ToolCall, ToolOutcome]] = []
+        self.answered_round = 0
 
     def is_builtin(self, name: str) -> bool:
         """Whether a call to ``name`` is the router's to run."""
@@ -181,24 +186,66 @@ class ToolExchange:
                 client.append(call)
         return builtin, client
 
-    def finish_reason(
+    def end_turn(
         self,
-        upstream_finish: str | None,
-        builtin: list[ToolCall],
-        client: list[ToolCall],
-        text: str | None = None,
-    ) -> str | None:
-        """What ends the round's turn: the ``finish_reason`` the client gets, or None when
-        the model is to be called again. A turn's built-in calls are run (here) unless the
-        exchange has had its rounds and nothing else would be returned."""
+        served: Target,
+        usage: Usage,
+        estimated: bool,
+        *,
+        text: str | None,
+        calls: list[ToolCall] | None,
+        finish: str | None,
+    ) -> tuple[str | None, list[ToolCall]]:
+        """The current round ended with the model's turn (``text`` and ``calls``): settle
+        it and run its built-in calls. Returns the ``finish_reason`` the client gets and
+        the client's own calls; or ``(None, [])`` when the model is to be called again,
+        its round opened already.
+
+        A round the model is called again after is settled in one step with the opening
+        of the next, which holds what this one did not use of its reservation; once the
+        tools have answered, that hold is made what the next call may cost (a 402 when
+        the balance cannot cover it). So no other request of the key can take the
+        exchange's money between its rounds."""
+        self.said(text)
+        builtin, client = self.split(calls)
         self.last_answered = []
-        if builtin and (client or self.round < self.max_rounds):
+        self.answered_round = self.round
+        if builtin and not client and self.round < self.max_rounds:
+            self._carry(served, usage, estimated)
+            self.answer(text, builtin)
+            self._grow()
+            return None, []
+        self.settle(served, "ok", usage, estimated)
+        if builtin and client:  # the exchange ends here; the built-in calls still run
             self.answer(text, builtin)
         if client:
-            return "tool_calls"
-        if builtin:
-            return None if self.round < self.max_rounds else "length"
-        return upstream_finish
+            return "tool_calls", client
+        if builtin:  # its last round: no call is left to read their results
+            return "length", []
+        return finish, []
+
+    def release_round(self) -> None:
+        """Hand back the current round, opened but never dispatched (the client left)."""
+        self._services.phases.release(self.ticket)
+
+    def _carry(self, served: Target, usage: Usage, estimated: bool) -> None:
+        self.served = served
+        self.ticket, cost = self._services.phases.carry_round(
+            self.ticket,
+            served,
+            usage,
+            estimated,
+            self.targets[0],
+            lifetime_ms=self._services.lifetime_ms,
+        )
+        self.usage = _sum(self.usage, usage)
+        self.cost_nanos += cost
+        self.round += 1
+
+    def _grow(self) -> None:
+        request = self.round_request()
+        reserve = max(reservation_nanos(request, t.model) for t in self.targets)
+        self.ticket = self._services.phases.grow_round(self.ticket, reserve)
 
     def answer(self, text: str | None, calls: list[ToolCall]) -> None:
         """Run the turn's built-in calls and add the turn and their results to the
@@ -224,20 +271,16 @@ class ToolExchange:
         ]
         self.last_answered = list(zip(calls, outcomes, strict=True))
 
-    def next_round(self) -> None:
-        """Open the next round: its ticket, holding what its call may cost."""
-        self.round += 1
-        request = self.round_request()
-        reserve = max(reservation_nanos(request, t.model) for t in self.targets)
-        self.ticket = self._services.phases.next_round(
-            self.ticket, self.targets[0], reserve, lifetime_ms=self._services.lifetime_ms
-        )
-
     def extension(self) -> dict[str, Any] | None:
         """The response's ``llmrouter`` object, when built-in tools ran."""
         if not self.builtin_messages:
             return None
         return {"rounds": self.round, "builtin_messages": self.builtin_messages}
+
+    def could_be_builtin(self, name: str) -> bool:
+        """Whether a call name seen so far (a stream may send it in pieces) may still
+        grow into another built-in tool's name."""
+        return any(other != name and other.startswith(name) for other in self._tools)
 
 
 def complete_exchange(exchange: ToolExchange) -> ChatCompletion:
@@ -248,14 +291,21 @@ def complete_exchange(exchange: ToolExchange) -> ChatCompletion:
         completion, served = exchange.dispatch_chat(request)
         ident = ident or completion.id
         usage, estimated = usage_or_estimate(request, completion)
-        exchange.settle(served, "ok", usage, estimated)
+        if not completion.choices:  # nothing to act on: passed on as it came
+            exchange.settle(served, "ok", usage, estimated)
+            completion.usage = exchange.usage
+            return completion
         choice = completion.choices[0]
         message = choice.message
-        exchange.said(message.content)
-        builtin, client = exchange.split(message.tool_calls)
-        finish = exchange.finish_reason(choice.finish_reason, builtin, client, message.content)
+        finish, client = exchange.end_turn(
+            served,
+            usage,
+            estimated,
+            text=message.content,
+            calls=message.tool_calls,
+            finish=choice.finish_reason,
+        )
         if finish is None:
-            exchange.next_round()
             continue
         message.content = exchange.text or (None if client else "")
         message.tool_calls = client or None

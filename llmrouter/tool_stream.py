@@ -14,7 +14,7 @@ built-in calls (their ids, names and whether each returned).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
 from .billing import estimate_usage
@@ -23,7 +23,6 @@ from .naming import Target
 from .providers.base import ChunkStream
 from .schemas import (
     ChatCompletionChunk,
-    ChatRequest,
     ChunkChoice,
     Delta,
     FunctionCall,
@@ -33,20 +32,62 @@ from .schemas import (
 from .tool_exchange import ROUND_SEPARATOR, ToolExchange
 
 
-def stream_exchange(
-    exchange: ToolExchange, first: tuple[ChunkStream, Target], *, progress: bool
-) -> Generator[ChatCompletionChunk, None, None]:
-    """The client's chunks of ``exchange``, from its first round's open stream."""
-    upstream, served = first
-    ident, created = "", 0
-    role_sent = False
-    metered: MeteredStream | None = None
-    try:
-        while True:
-            request = exchange.round_request()
-            metered = _metered_round(exchange, request, upstream, served)
-            turn = _Turn(exchange.is_builtin, separate=exchange.has_text)
-            for chunk in metered:
+class ExchangeStream:
+    """The client's chunks of an exchange, from its first round's open stream. Closing it
+    (at any point, before the first chunk too) settles the round in flight."""
+
+    def __init__(
+        self, exchange: ToolExchange, first: tuple[ChunkStream, Target], *, progress: bool
+    ) -> None:
+        self._exchange = exchange
+        self._progress = progress
+        upstream, served = first
+        self._round: MeteredStream | None = self._metered(upstream, served)
+        self._ok: StreamEnd | None = None
+        self._between = False
+        self._chunks = self._generate(served)
+
+    def __iter__(self) -> ExchangeStream:
+        return self
+
+    def __next__(self) -> ChatCompletionChunk:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        self._chunks.close()
+        if self._round is not None:
+            self._round.close()
+            self._round = None
+        if self._between:  # closed at a progress chunk: the next round never became a call
+            self._between = False
+            self._exchange.release_round()
+
+    def _metered(self, upstream: ChunkStream, served: Target) -> MeteredStream:
+        exchange = self._exchange
+        request = exchange.round_request()
+
+        def on_end(end: StreamEnd) -> None:
+            if end.status == "ok":
+                self._ok = end  # settled with what the turn says (see end_turn)
+            else:
+                exchange.settle(served, end.status, end.usage, end.usage_estimated, end.error)
+
+        return MeteredStream(
+            upstream,
+            model=served.public_id,
+            include_usage=False,
+            estimate_usage=lambda delivered: estimate_usage(request, delivered),
+            on_end=on_end,
+            deadline=exchange.deadline,
+        )
+
+    def _generate(self, served: Target) -> Generator[ChatCompletionChunk, None, None]:
+        exchange = self._exchange
+        ident, created = "", 0
+        role_sent = False
+        while self._round is not None:
+            turn = _Turn(exchange, separate=exchange.has_text)
+            for chunk in self._round:
                 if not ident:
                     ident, created = chunk.id, chunk.created
                 relayed = turn.relay(chunk, role=not role_sent)
@@ -54,36 +95,28 @@ def stream_exchange(
                     role_sent = True
                     relayed.id, relayed.created = ident, created
                     yield relayed
-            metered = None
-            exchange.said(turn.text)
-            builtin, client = exchange.split(turn.calls())
-            finish = exchange.finish_reason(turn.finish, builtin, client, turn.text)
-            if progress and exchange.last_answered:
+            self._round, end, self._ok = None, self._ok, None
+            assert end is not None  # a round that did not end ok raised out of the loop
+            held = turn.release_held(ident, created)
+            if held is not None:
+                yield held
+            finish, _ = exchange.end_turn(
+                served,
+                end.usage,
+                end.usage_estimated,
+                text=turn.text,
+                calls=turn.calls(),
+                finish=turn.finish,
+            )
+            self._between = finish is None  # the next round's row is open, not yet sent
+            if self._progress and exchange.last_answered:
                 yield _progress_chunk(exchange, ident, created, served.public_id)
             if finish is not None:
                 yield from _ending(exchange, ident, created, served.public_id, finish)
                 return
-            exchange.next_round()
+            self._between = False
             upstream, served = exchange.dispatch_stream(exchange.round_request())
-    finally:
-        if metered is not None:
-            metered.close()
-
-
-def _metered_round(
-    exchange: ToolExchange, request: ChatRequest, upstream: ChunkStream, served: Target
-) -> MeteredStream:
-    def on_end(end: StreamEnd) -> None:
-        exchange.settle(served, end.status, end.usage, end.usage_estimated, end.error)
-
-    return MeteredStream(
-        upstream,
-        model=served.public_id,
-        include_usage=False,
-        estimate_usage=lambda delivered: estimate_usage(request, delivered),
-        on_end=on_end,
-        deadline=exchange.deadline,
-    )
+            self._round = self._metered(upstream, served)
 
 
 @dataclass
@@ -104,8 +137,8 @@ class _Call:
 class _Turn:
     """One round's stream: what the client is sent of it, and what it said and called."""
 
-    def __init__(self, is_builtin: Callable[[str], bool], *, separate: bool) -> None:
-        self._is_builtin = is_builtin
+    def __init__(self, exchange: ToolExchange, *, separate: bool) -> None:
+        self._exchange = exchange
         self._separate = separate
         self._parts: list[str] = []
         self._calls: dict[int, _Call] = {}
@@ -158,19 +191,37 @@ class _Turn:
             if delta.function.arguments:
                 call.arguments.append(delta.function.arguments)
         if call.builtin is None:
-            if not call.name:
-                call.held.append(delta)
-                return []
-            call.builtin = self._is_builtin(call.name)
-            if call.builtin:
-                return []
-            call.client_index = self._client_calls
-            self._client_calls += 1
-            held, call.held = [*call.held, delta], []
-            return [d.model_copy(update={"index": call.client_index}) for d in held]
+            call.held.append(delta)
+            if not call.name or (not call.arguments and self._exchange.could_be_builtin(call.name)):
+                return []  # whose call it is is not known yet: its name may go on
+            return self._decide(call)
         if call.builtin:
             return []
         return [delta.model_copy(update={"index": call.client_index})]
+
+    def _decide(self, call: _Call) -> list[ToolCallDelta]:
+        """Say whose ``call`` is, and give the deltas held for it, if the client's."""
+        call.builtin = self._exchange.is_builtin(call.name)
+        held, call.held = call.held, []
+        if call.builtin:
+            return []
+        call.client_index = self._client_calls
+        self._client_calls += 1
+        return [d.model_copy(update={"index": call.client_index}) for d in held]
+
+    def release_held(self, ident: str, created: int) -> ChatCompletionChunk | None:
+        """At the turn's end, the calls still undecided (a name that might have grown into a
+        built-in tool's) are decided; a chunk with what was held of the client's, if any."""
+        deltas = [
+            delta
+            for _, call in sorted(self._calls.items())
+            if call.builtin is None and call.name
+            for delta in self._decide(call)
+        ]
+        if not deltas:
+            return None
+        choice = ChunkChoice(index=0, delta=Delta(tool_calls=deltas))
+        return ChatCompletionChunk(id=ident, created=created, model="", choices=[choice])
 
 
 def _progress_chunk(
@@ -181,7 +232,7 @@ def _progress_chunk(
     )
     chunk.llmrouter = {  # type: ignore[attr-defined]
         "tool_round": {
-            "round": exchange.round,
+            "round": exchange.answered_round,
             "tool_calls": [
                 {"id": call.id, "name": call.function.name, "ok": outcome.ok}
                 for call, outcome in exchange.last_answered

@@ -9,7 +9,8 @@ admission statement: it is the call's ticket, saying what the call holds (its al
 unit, throttle slot or reservation) until settlement completes it (``ok`` / ``partial`` /
 ``failed``) or the sweeper closes it (``abandoned``). A built-in tool loop adds a row per
 further upstream round of the same exchange (``request_id`` + ``round``), each holding
-only its own reservation (``Store.open_round``).
+only its own reservation (``Store.settle_and_open`` opens it holding what the round before
+left of its reservation; ``Store.resize_reservation`` sizes it).
 
 Constraints and indexes are named by ``NAMING_CONVENTION``, so every database (and every
 Alembic revision) calls them the same. A change to these tables needs its revision in
