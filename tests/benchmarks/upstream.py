@@ -1,5 +1,5 @@
 """A minimal, fast OpenAI-compatible upstream on 127.0.0.1 for the benchmarks: an asyncio
-HTTP/1.1 keep-alive server in its own process, answering with fixed small bodies.
+HTTP/1.1 keep-alive server in its own process, answering with fixed bodies serialized once.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 MODEL = "gpt-4o-mini"
 _USAGE = {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
 _START_SECONDS = 30.0
+DEFAULT_CHUNKS = 16
 
 
 def _response(status: str, content_type: str, body: bytes) -> bytes:
@@ -46,7 +47,8 @@ def _completion() -> bytes:
     return _response("200 OK", "application/json", json.dumps(body).encode())
 
 
-def _stream(include_usage: bool) -> bytes:
+def _stream(chunks: int, include_usage: bool) -> bytes:
+    """``chunks`` content chunks of one token each, between the role chunk and the stop."""
     created = int(time.time())
 
     def event(choices: list[dict[str, Any]], **extra: Any) -> str:
@@ -64,22 +66,36 @@ def _stream(include_usage: bool) -> bytes:
         return event([{"index": 0, "delta": content, "logprobs": None, "finish_reason": finish}])
 
     events = [delta({"role": "assistant", "content": ""})]
-    events += [delta({"content": word}) for word in ("Hello", " there", "!")]
+    # each chunk says something new: LiteLLM ends a stream that repeats one chunk as a loop
+    events += [delta({"content": f" w{i}"}) for i in range(chunks)]
     events.append(delta({}, "stop"))
     if include_usage:
-        events.append(event([], usage=_USAGE))
+        usage = {"prompt_tokens": 9, "completion_tokens": chunks, "total_tokens": 9 + chunks}
+        events.append(event([], usage=usage))
     events.append("data: [DONE]\n\n")
-    return _response("200 OK", "text/event-stream", "".join(events).encode())
+    # As OpenAI sends a stream: chunked transfer encoding, one HTTP chunk per event. (With a
+    # Content-Length instead, requests' iter_content(chunk_size=None) reads the whole body
+    # before handing over its first byte.)
+    head = (
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        "Transfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n"
+    )
+    framed = [head.encode()]
+    for text in events:
+        data = text.encode()
+        framed.append(b"%x\r\n%b\r\n" % (len(data), data))
+    framed.append(b"0\r\n\r\n")
+    return b"".join(framed)
 
 
 class _Answers:
-    """The four possible answers, serialized once."""
+    """The answers, each serialized once: a completion, and a stream of as many content
+    chunks as the request's ``max_completion_tokens`` or ``max_tokens`` (16 when none)."""
 
     def __init__(self) -> None:
         self.completion = _completion()
-        self.stream = _stream(include_usage=False)
-        self.stream_with_usage = _stream(include_usage=True)
         self.not_found = _response("404 Not Found", "application/json", b'{"error":"not found"}')
+        self._streams: dict[tuple[int, bool], bytes] = {}
 
     def for_request(self, path: str, body: bytes) -> bytes:
         if not path.endswith("/chat/completions"):
@@ -87,9 +103,13 @@ class _Answers:
         request = json.loads(body)
         if not request.get("stream"):
             return self.completion
-        if (request.get("stream_options") or {}).get("include_usage"):
-            return self.stream_with_usage
-        return self.stream
+        limit = request.get("max_completion_tokens") or request.get("max_tokens")
+        chunks = int(limit or DEFAULT_CHUNKS)
+        include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        answer = self._streams.get((chunks, include_usage))
+        if answer is None:
+            answer = self._streams[chunks, include_usage] = _stream(chunks, include_usage)
+        return answer
 
 
 class _HTTPConnection(asyncio.Protocol):
