@@ -39,6 +39,7 @@ from typing import Any
 from flask import Flask, Response, request
 
 from .faults import Fault, FaultScript, padded, reset_mid_body, verbatim_answer
+from .tool_stages import tools_to_call
 
 API_KEY = "mistral-test-key-0123456789abcdef"
 
@@ -334,24 +335,7 @@ def _error(message: Any, kind: str) -> dict[str, Any]:
 
 def _tools_to_call(body: dict[str, Any]) -> list[dict[str, Any]]:
     """The tools this turn calls: see the module docstring for the stages."""
-    tools = [t["function"] for t in body.get("tools") or []]
-    choice = body.get("tool_choice", "auto")
-    if not tools or choice == "none":
-        return []
-    messages = body["messages"]
-    asked = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
-    turns = sum(
-        1 for m in messages[asked + 1 :] if m["role"] == "assistant" and m.get("tool_calls")
-    )
-    if isinstance(choice, dict):
-        tools = [t for t in tools if t["name"] == choice["function"]["name"]]
-    if turns == 0 and (isinstance(choice, dict) or choice in ("any", "required")):
-        wanted = tools[:1]
-    else:
-        stages = _text(messages[asked]).split(" then ") if asked >= 0 else [""]
-        stage = stages[turns] if turns < len(stages) else ""
-        wanted = [t for t in tools if t["name"] in stage]
-    return wanted[:1] if body.get("parallel_tool_calls") is False else wanted
+    return tools_to_call(body, _text, ("any", "required"))
 
 
 def _reply(body: dict[str, Any]) -> str:
