@@ -13,11 +13,18 @@ import math
 import os
 import sqlite3
 import weakref
+from contextvars import ContextVar
 from typing import Any
 
 from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DisconnectionError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.pool import StaticPool
 
 from ..errors import ConfigError
@@ -44,20 +51,23 @@ def create_engine_for(database_url: str, *, timeout: float = 5.0) -> Engine:
     try:
         if backend == "sqlite":
             return _sqlite_engine(url, timeout)
-        pooled: dict[str, Any] = {"pool_pre_ping": True, "pool_timeout": timeout}
+        pooled: dict[str, Any] = {"pool_timeout": timeout}
         if backend in ("mysql", "mariadb"):
-            return create_engine(
+            engine = create_engine(
                 url,
                 pool_recycle=3600,
                 connect_args=_mysql_timeouts(url.drivername, timeout),
                 **pooled,
             )
+            _ping_when_asked(engine)
+            return engine
         if backend == "postgresql":
             engine = create_engine(
                 url, connect_args=_postgres_timeouts(url.drivername, timeout), **pooled
             )
             if url.drivername == "postgresql+psycopg":
                 _bound_psycopg_waits(engine, timeout)
+            _ping_when_asked(engine)
             return engine
         raise ConfigError(_unsupported(backend), key="database_url")
     except NoSuchModuleError:
@@ -73,6 +83,30 @@ def create_engine_for(database_url: str, *, timeout: float = 5.0) -> Engine:
         raise ConfigError(
             f"the database driver '{exc.name}' is not installed{hint}", key="database_url"
         ) from None
+
+
+#: whether a connection checked out of the store's own server pool is pinged first: set by
+#: ``Store.transaction`` (SQLAlchemy's path: reports, admin, key lookups); the request
+#: path's driver transactions skip the round trip and run again, once, on a connection
+#: that turns out dropped (see ``driver.DriverPath.run``)
+PING_ON_CHECKOUT: ContextVar[bool] = ContextVar("llmrouter_ping_on_checkout", default=False)
+
+
+def _ping_when_asked(engine: Engine) -> None:
+    """``pool_pre_ping`` for the checkouts that ask for it (``PING_ON_CHECKOUT``): a
+    connection found dropped is replaced by the pool before it is handed out."""
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        if not PING_ON_CHECKOUT.get():
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as exc:
+            if dialect.is_disconnect(exc, dbapi_connection, None):
+                raise DisconnectionError(str(exc)) from exc  # the pool connects anew
+            raise
 
 
 def _postgres_timeouts(driver: str, timeout: float) -> dict[str, Any]:
@@ -277,14 +311,20 @@ def _mysql_left_to_right(dbapi_connection: Any) -> None:
         cursor.close()
 
 
-def _postgres_transaction_timeouts(engine: Engine, timeout: float) -> Engine:
-    """An engine on the same pool whose transactions start by bounding their own waits."""
+def postgres_timeouts_statement(timeout: float) -> str:
+    """What a store transaction on a host's PostgreSQL engine starts with: its own waits
+    bounded, transaction-local."""
     ms = int(timeout * 1000)
-    bounded = engine.execution_options(llmrouter_store=True)
-    statement = (
+    return (
         f"SELECT set_config('statement_timeout', '{ms}', true), "
         f"set_config('lock_timeout', '{ms}', true)"
     )
+
+
+def _postgres_transaction_timeouts(engine: Engine, timeout: float) -> Engine:
+    """An engine on the same pool whose transactions start by bounding their own waits."""
+    bounded = engine.execution_options(llmrouter_store=True)
+    statement = postgres_timeouts_statement(timeout)
 
     @event.listens_for(bounded, "begin")
     def _bound(conn: Connection) -> None:

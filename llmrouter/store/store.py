@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Update, bindparam, case, distinct, func, select, text
 from sqlalchemy.engine import Engine
@@ -16,7 +17,15 @@ from ..errors import NotFoundError, StoreUnavailableError
 from . import schema
 from .admission import UNLIMITED, admission_statement, result_columns
 from .connection_store import ConnectionStatements, ConnectionStore
-from .engine import READ_ONLY, create_engine_for, is_sqlite_memory, prepare_engine
+from .driver import DriverPath, DriverTransaction
+from .engine import (
+    PING_ON_CHECKOUT,
+    READ_ONLY,
+    create_engine_for,
+    is_sqlite_memory,
+    postgres_timeouts_statement,
+    prepare_engine,
+)
 from .key_store import KeyStatements, KeyStore
 from .records import (
     Admission,
@@ -33,6 +42,8 @@ from .session_store import SessionStatements, SessionStore
 from .settlement import SettlementStatements
 from .tables import DEFAULT_PREFIX, Tables, build_tables
 from .video_store import VideoTaskStore
+
+T = TypeVar("T")
 
 #: the ``error`` of a row the sweeper closed
 ABANDONED_REASON = (
@@ -96,6 +107,11 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
         )
         self._lock_key = select(_k.id).where(_k.id == bindparam("key_id")).with_for_update()
         self._sql = SettlementStatements(tables)
+        # The request path's writes run straight on the driver (see driver.py).
+        host_postgres = dialect.name == "postgresql" and not self._owns_engine
+        self._driver = DriverPath(
+            self.engine, begin=postgres_timeouts_statement(timeout) if host_postgres else None
+        )
         self._keys = KeyStatements(tables)
         self._connections = ConnectionStatements(tables)
         self._sessions = SessionStatements(tables)
@@ -144,11 +160,33 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
         if lock:
             lock.acquire()
         try:
-            with self.engine.connect() as conn:
+            asked = PING_ON_CHECKOUT.set(True)
+            try:
+                connection = self.engine.connect()
+            finally:
+                PING_ON_CHECKOUT.reset(asked)
+            with connection as conn:
                 if read_only:
                     conn.execution_options(**READ_ONLY)
                 with conn.begin():
                     yield conn
+        except OperationalError as exc:
+            raise StoreUnavailableError(
+                f"the database is unavailable ({type(exc.orig).__name__})"
+            ) from exc
+        finally:
+            if lock:
+                lock.release()
+
+    def _write(self, work: Callable[[DriverTransaction], T]) -> T:
+        """``work`` in one write transaction on the driver path (``transaction``'s
+        guarantees: queued writers on SQLite, ``StoreUnavailableError`` for a database that
+        cannot be reached)."""
+        lock = self._memory_lock
+        if lock:
+            lock.acquire()
+        try:
+            return self._driver.run(work)
         except OperationalError as exc:
             raise StoreUnavailableError(
                 f"the database is unavailable ({type(exc.orig).__name__})"
@@ -205,8 +243,8 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
             "default_rpm": defaults.requests_per_minute or UNLIMITED,
         }
         statement = self._admit[premium, secret_hash is not None]
-        ticket = None
-        with self.transaction() as conn:
+
+        def admit(conn: DriverTransaction) -> tuple[Any, Ticket | None]:
             if self._returning:
                 row = conn.execute(statement, params).first()
             else:
@@ -215,6 +253,7 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
             if row is None:
                 raise NotFoundError(f"no active API key with id '{key_id}'", param="key_id")
             kind = AdmissionKind(row.last_admission)
+            ticket = None
             if kind.admitted:
                 ticket = Ticket(
                     request_id=request_id,
@@ -230,6 +269,10 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
                     self._sql.ticket_insert,
                     _pending_row(ticket, provider, model, upstream_model),
                 )
+            return row, ticket
+
+        row, ticket = self._write(admit)
+        kind = AdmissionKind(row.last_admission)
         return Admission(
             key_id=key_id,
             kind=kind,
@@ -257,10 +300,13 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
         hands back the allowance unit the sweeper kept (round 1 only).
         """
         ticket = settlement.ticket
-        with self.transaction() as conn:
+
+        def settle(conn: DriverTransaction) -> bool:
             if ticket.reserved_nanos or settlement.status == "failed":
                 self._lock_key_first(conn, ticket.key_id)
             return self._settle(conn, settlement, carry=False) is not None
+
+        return self._write(settle)
 
     def settle_and_open(
         self,
@@ -290,12 +336,13 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
         if settlement.status == "failed":
             raise ValueError("a failed round opens no next round: settle it")
         ticket = settlement.ticket
-        opened = None
-        with self.transaction() as conn:
+
+        def settle_and_open(conn: DriverTransaction) -> tuple[bool, Ticket | None]:
             # The key's row lock first, as the admission takes it (key, then ledger).
             state = conn.execute(self._sql.lock_key_state, {"s_key": ticket.key_id}).first()
             active = state is not None and state.revoked_at is None
             carried = self._settle(conn, settlement, carry=active)
+            opened = None
             if active and carried is not None:
                 opened = Ticket(
                     request_id=ticket.request_id,
@@ -311,6 +358,9 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
                 conn.execute(
                     self._sql.ticket_insert, _pending_row(opened, provider, model, upstream_model)
                 )
+            return active, opened
+
+        active, opened = self._write(settle_and_open)
         if not active:
             raise _revoked(ticket.key_id)
         return opened
@@ -331,11 +381,12 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
             return ticket
         change = reserve_nanos - ticket.reserved_nanos
         key = {"s_key": ticket.key_id, "s_reserved": abs(change)}
-        with self.transaction() as conn:
+
+        def resize(conn: DriverTransaction) -> bool:
             # The key's row first (its balance, or its lock), then the ledger row.
             if change > 0:
                 if not conn.execute(self._sql.take_credits, key).rowcount:
-                    return None
+                    return False
             elif change < 0:
                 conn.execute(self._sql.release_credits, key)
             else:
@@ -356,9 +407,13 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
                     "(swept, or settled)",
                     param="round",
                 )
-        return replace(ticket, reserved_nanos=reserve_nanos)
+            return True
 
-    def _settle(self, conn: Connection, settlement: Settlement, *, carry: bool) -> int | None:
+        return replace(ticket, reserved_nanos=reserve_nanos) if self._write(resize) else None
+
+    def _settle(
+        self, conn: Connection | DriverTransaction, settlement: Settlement, *, carry: bool
+    ) -> int | None:
         """Complete the ticket's row and move its money (the key's row already locked when
         the money needs it); returns what is carried to the exchange's next round (with
         ``carry``: the unused reservation, instead of its refund; else 0), or None when the
@@ -413,7 +468,8 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
         """Hand back an admission whose request never became a call: its row goes, and what
         it took comes back (a later round of a tool exchange: only its reservation). A
         ticket already completed changes nothing: returns False."""
-        with self.transaction() as conn:
+
+        def release(conn: DriverTransaction) -> bool:
             self._lock_key_first(conn, ticket.key_id)
             deleted = conn.execute(
                 self._sql.ticket_delete,
@@ -421,9 +477,11 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
             ).rowcount
             if deleted:
                 self._release(conn, ticket)
-        return bool(deleted)
+            return bool(deleted)
 
-    def _release(self, conn: Connection, ticket: Ticket) -> None:
+        return self._write(release)
+
+    def _release(self, conn: Connection | DriverTransaction, ticket: Ticket) -> None:
         """Give back what a call that produced nothing took at admission. A later round of an
         exchange took only its reservation: the allowance unit, throttle slot and minute
         count are round 1's, held for the whole exchange."""
@@ -485,21 +543,24 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
                 .order_by(c.id)
             ).all()
         swept = []
+
+        def abandon(conn: DriverTransaction, *, row: Any) -> bool:
+            if row.reserved_nanos:
+                self._lock_key_first(conn, row.key_id)
+            abandoned = conn.execute(
+                self._sql.ticket_abandon,
+                {"l_id": row.id, "l_finished_at": now, "l_error": ABANDONED_REASON},
+            ).rowcount
+            if abandoned and row.reserved_nanos:
+                conn.execute(
+                    self._sql.release_credits,
+                    {"s_key": row.key_id, "s_reserved": row.reserved_nanos},
+                )
+            return bool(abandoned)
+
         for row in rows:
-            with self.transaction() as conn:
-                if row.reserved_nanos:
-                    self._lock_key_first(conn, row.key_id)
-                abandoned = conn.execute(
-                    self._sql.ticket_abandon,
-                    {"l_id": row.id, "l_finished_at": now, "l_error": ABANDONED_REASON},
-                ).rowcount
-                if not abandoned:
-                    continue
-                if row.reserved_nanos:
-                    conn.execute(
-                        self._sql.release_credits,
-                        {"s_key": row.key_id, "s_reserved": row.reserved_nanos},
-                    )
+            if not self._write(partial(abandon, row=row)):
+                continue
             swept.append(
                 SweptCall(
                     row.request_id,
@@ -514,7 +575,7 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
 
     def _add_provider_total(
         self,
-        conn: Connection,
+        conn: Connection | DriverTransaction,
         provider: str,
         prompt: int,
         completion: int,
@@ -538,8 +599,11 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
         self, provider: str, *, prompt_tokens: int, completion_tokens: int, cost_nanos: int
     ) -> None:
         """A call billed to no key (a connection's test) in its provider's totals."""
-        with self.transaction() as conn:
-            self._add_provider_total(conn, provider, prompt_tokens, completion_tokens, cost_nanos)
+        self._write(
+            lambda conn: self._add_provider_total(
+                conn, provider, prompt_tokens, completion_tokens, cost_nanos
+            )
+        )
 
     def ensure_providers(self, names: list[str]) -> None:
         """Create the totals row of each provider up front, so settling only UPDATEs."""
@@ -548,7 +612,7 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
             for name in set(names) - present:
                 self._create_provider_row(conn, name)
 
-    def _create_provider_row(self, conn: Connection, provider: str) -> None:
+    def _create_provider_row(self, conn: Connection | DriverTransaction, provider: str) -> None:
         """An all-zero totals row, unless another process has just made it (several
         processes starting with a new provider race here; the loser's savepoint rolls back,
         nothing else)."""
@@ -558,7 +622,7 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
         except IntegrityError:
             pass
 
-    def _lock_key_first(self, conn: Connection, key_id: str) -> None:
+    def _lock_key_first(self, conn: Connection | DriverTransaction, key_id: str) -> None:
         """Take the key's row lock before touching its ledger row, in the order the
         admission takes them (key, then ledger): InnoDB's gap locks otherwise deadlock a
         settlement against a concurrent admission of the same key. (SQLite writers are
