@@ -166,3 +166,13 @@ class TestDroppedConnections:
         monkeypatch.undo()
         router.chat(model="echo#echo", messages=HI, api_key=secret)
         assert ledger_of(admin, key) == ["ok", "ok"]
+
+    def test_a_report_on_a_connection_the_server_dropped_gets_a_fresh_one(
+        self, router: Router, admin: Engine
+    ) -> None:
+        record, secret = router.create_key("report")
+        router.chat(model="echo#echo", messages=HI, api_key=secret)
+        kill(admin, pooled_ids(router))
+
+        # SQLAlchemy's path (reports, admin, key lookups) pings what it checks out
+        assert sum(row.requests for row in router.usage(key_id=record.id)) == 1
