@@ -2,13 +2,14 @@
 provider, and the offline ``echo`` provider) on each database that is available here.
 
 PostgreSQL and MariaDB/MySQL are used when ``LLMROUTER_TEST_POSTGRES_URL`` /
-``LLMROUTER_TEST_MYSQL_URL`` are set, under table prefixes of the benchmark's own that are
-dropped before and after each use, so a test database's other tables are never touched.
+``LLMROUTER_TEST_MYSQL_URL`` are set, each use under a table prefix of its own, dropped at
+its end, so a test database's other tables (and a concurrent run's) are never touched.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,16 +94,17 @@ def config(upstream_url: str | None, database_url: str, prefix: str = "llmrouter
 @contextmanager
 def database_url(database: Database, role: str) -> Iterator[tuple[str, str]]:
     """A URL and a table prefix for one use (``role``, e.g. ``latency``) of ``database``:
-    a fresh SQLite file in a temporary directory, or the server's URL under a prefix of its
-    own, dropped before and after."""
+    a fresh SQLite file in a temporary directory, or the server's URL under a new prefix
+    (``llmbench_<role>_<random>_``) whose tables are dropped at the end."""
     if database.unset:
         raise Unavailable(f"{database.unset} is not set")
     if database.url is None:
         with tempfile.TemporaryDirectory(prefix="llmrouter-bench-") as directory:
             yield "sqlite:///" + os.path.join(directory, "bench.db"), "llmrouter_"
         return
-    prefix = f"{PREFIX}{role}_"
-    drop_tables(database.url, prefix)
+    # a prefix of this use alone: two runs at once (two developers sharing a test
+    # database) must not drop each other's tables
+    prefix = f"{PREFIX}{role[:7]}_{secrets.token_hex(3)}_"
     try:
         _create_tables(database.url, prefix)
         yield database.url, prefix
