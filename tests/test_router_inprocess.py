@@ -285,6 +285,8 @@ def test_a_stream_dropped_unclosed_is_still_settled(
     del stream
     gc.collect()
     assert wait_for(lambda: fake_openai.stream_endings == ["aborted"])
+    # On the settlement queue the connection is freed first, then the ticket settled.
+    assert wait_for(lambda: len(router.usage()) == 1)
     (row,) = router.usage()
     assert row.requests == 1 and row.failed == 0 and row.completion_tokens > 0
 
