@@ -32,11 +32,10 @@ SECTIONS = (
     "serverdb",
     "flat",
 )
-#: the step that measures both in-process and HTTP latency, in one rotation
-STEP_SECTIONS = {"latency": ("inprocess", "http")}
 #: a step's title in the table when it could not run at all
 TITLES = {
-    "latency": "latency, not streamed",
+    "inprocess": "in process, not streamed",
+    "http": "over HTTP, not streamed",
     "streaming": "streaming",
     "memory": "streaming memory",
     "coldstart": "cold start",
@@ -140,9 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     with ExitStack() as stack:
         resources = Resources(stack, log_dir)
         steps = {
-            "latency": lambda: latency.run(
-                table, resources, rounds, warmup, inprocess="inprocess" in only, http="http" in only
-            ),
+            "inprocess": lambda: latency.run_in_process(table, resources, rounds, warmup),
+            "http": lambda: latency.run_over_http(table, resources, rounds, warmup),
             "streaming": lambda: streaming.run_timing(
                 table, resources, args.chunks, stream_rounds, stream_warmup
             ),
@@ -153,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             "flat": lambda: flat_cost.run(table, resources, args.rows, rounds, warmup),
         }
         for name, step in steps.items():
-            if not only & set(STEP_SECTIONS.get(name, (name,))):
+            if name not in only:
                 continue
             title = TITLES[name]
             print(f"[{time.monotonic() - started:6.0f} s] {name} ...", file=sys.stderr, flush=True)
