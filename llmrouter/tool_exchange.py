@@ -81,7 +81,6 @@ class ToolExchange:
         self._services = services
         self._tools = {tool.name: tool for tool in tools}
         self._first = with_builtin_tools(request, tools)
-        self.request = request
         self.ticket = admitted.ticket
         self.targets = admitted.targets
         self.directory = directory

@@ -156,10 +156,7 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
 
         ``read_only`` ones do not queue behind writers on SQLite (see ``engine.READ_ONLY``).
         """
-        lock = self._memory_lock
-        if lock:
-            lock.acquire()
-        try:
+        with self._guarded():
             asked = PING_ON_CHECKOUT.set(True)
             try:
                 connection = self.engine.connect()
@@ -170,23 +167,23 @@ class Store(KeyStore, ConnectionStore, SessionStore, VideoTaskStore):
                     conn.execution_options(**READ_ONLY)
                 with conn.begin():
                     yield conn
-        except OperationalError as exc:
-            raise StoreUnavailableError(
-                f"the database is unavailable ({type(exc.orig).__name__})"
-            ) from exc
-        finally:
-            if lock:
-                lock.release()
 
     def _write(self, work: Callable[[DriverTransaction], T]) -> T:
         """``work`` in one write transaction on the driver path (``transaction``'s
         guarantees: queued writers on SQLite, ``StoreUnavailableError`` for a database that
         cannot be reached)."""
+        with self._guarded():
+            return self._driver.run(work)
+
+    @contextmanager
+    def _guarded(self) -> Iterator[None]:
+        """One database operation at a time on an in-memory database (one connection), and
+        a database that cannot be reached as ``StoreUnavailableError``."""
         lock = self._memory_lock
         if lock:
             lock.acquire()
         try:
-            return self._driver.run(work)
+            yield
         except OperationalError as exc:
             raise StoreUnavailableError(
                 f"the database is unavailable ({type(exc.orig).__name__})"
