@@ -36,6 +36,23 @@ def _body(model: str, chunks: int | None) -> dict[str, Any]:
     return body
 
 
+def _timed_chunks(open_stream: Callable[[], Any], length: int) -> tuple[float, float]:
+    """Milliseconds to the first chunk and to the end of a stream of OpenAI-shaped chunk
+    objects (the router's or LiteLLM's), checking that ``length`` content chunks came."""
+    start = time.perf_counter_ns()
+    first = None
+    received = 0
+    for chunk in open_stream():
+        if first is None:
+            first = _ms_since(start)
+        if chunk.choices and chunk.choices[0].delta.content:
+            received += 1
+    total = _ms_since(start)
+    _check_chunks(received, length)
+    assert first is not None
+    return first, total
+
+
 def _check_chunks(received: int, chunks: int) -> None:
     if received < chunks:
         raise RuntimeError(f"{received} content chunks of {chunks}")
@@ -112,18 +129,7 @@ def router_call(router: Any, secret: str, upstream: bool, chunks: int | None) ->
     def stream(length: int | None = chunks) -> tuple[float, float]:
         assert length is not None
         sent = params if length == chunks else _body(model, length)
-        start = time.perf_counter_ns()
-        first = None
-        received = 0
-        for chunk in router.chat(api_key=secret, **sent):
-            if first is None:
-                first = _ms_since(start)
-            if chunk.choices and chunk.choices[0].delta.content:
-                received += 1
-        total = _ms_since(start)
-        _check_chunks(received, length)
-        assert first is not None
-        return first, total
+        return _timed_chunks(lambda: router.chat(api_key=secret, **sent), length)
 
     return chat if chunks is None else stream
 
@@ -150,18 +156,7 @@ def litellm_completion(upstream_url: str, chunks: int | None = None) -> Iterator
     def stream(length: int | None = chunks) -> tuple[float, float]:
         assert length is not None
         sent = params if length == chunks else {**params, **_body(params["model"], length)}
-        start = time.perf_counter_ns()
-        first = None
-        received = 0
-        for chunk in litellm.completion(**sent):
-            if first is None:
-                first = _ms_since(start)
-            if chunk.choices and chunk.choices[0].delta.content:
-                received += 1
-        total = _ms_since(start)
-        _check_chunks(received, length)
-        assert first is not None
-        return first, total
+        return _timed_chunks(lambda: litellm.completion(**sent), length)
 
     yield chat if chunks is None else stream
 
